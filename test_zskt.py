@@ -410,7 +410,7 @@ class Pickled:  # a class instance: only full unpickling could load it
     ("arch", ["--student", "resnet-18"], "unknown architecture 'resnet-18'"),
     ("iterations", ["--iterations", "0"], "--iterations must be at least 1"),
     ("batch", ["--batch-size", "1"], "BatchNorm needs two examples"),
-    ("beta", ["--beta", "-1"], "--beta must be non-negative"),
+    ("beta", ["--beta", "-1"], "--beta must be at least 0"),
     ("n_s", ["--n-s", "0"], "--n-s must be at least 1"),
     ("device", ["--device", "tpu"], "unknown device 'tpu'"),
     ("cuda", ["--device", "cuda"], "CUDA is not available"),

@@ -311,8 +311,8 @@ PRESETS = {
     "svhn": dict(iterations=50_000),
     "folder": dict(iterations=80_000),
     # Demo-sized: the README's settings table says why each value differs from the paper's.
-    "shapes": dict(teacher="wrn-16-2", student="wrn-16-1", iterations=400, batch_size=64, n_s=5,
-                   log_every=50, checkpoint_every=100, mte_images=100, mte_steps=30),
+    "shapes": dict(teacher="wrn-16-2", student="wrn-16-1", iterations=400, batch_size=64, n_s=5, lr_student=5e-3,
+                   lr_generator=2e-3, log_every=50, checkpoint_every=100, mte_images=50, mte_steps=30),
 }
 
 
@@ -729,24 +729,26 @@ def format_time(s):
 # Command line.
 
 def validate(cfg):
-    for name in ("iterations", "batch_size", "n_g", "n_s", "z_dim", "log_every", "checkpoint_every", "mte_steps"):
-        if getattr(cfg, name) < (2 if name == "batch_size" else 1):
-            raise UserError(f"--{name.replace('_', '-')} must be at least {2 if name == 'batch_size' else 1}, "
-                            f"not {getattr(cfg, name)}" + (" (BatchNorm needs two examples)" if name == "batch_size" else ""))
-    for name in ("beta", "lr_student", "lr_generator", "grad_clip", "temperature", "mte_step_size", "mte_images"):
-        if not getattr(cfg, name) >= (0 if name in ("beta", "mte_images") else 1e-300):
-            raise UserError(f"--{name.replace('_', '-')} must be {'non-negative' if name in ('beta', 'mte_images') else 'positive'}, "
-                            f"not {getattr(cfg, name)}")
+    """Bad values are refused before any compute is spent."""
+    at_least = dict(iterations=1, batch_size=2, n_g=1, n_s=1, z_dim=1, log_every=1, checkpoint_every=1, mte_steps=1,
+                    beta=0, mte_images=0)
+    for name, low in at_least.items():
+        if getattr(cfg, name) < low:
+            raise UserError(f"--{name.replace('_', '-')} must be at least {low}, not {getattr(cfg, name)}"
+                            + (" (BatchNorm needs two examples)" if name == "batch_size" else ""))
+    for name in ("lr_student", "lr_generator", "grad_clip", "temperature", "mte_step_size"):
+        if not getattr(cfg, name) > 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive, not {getattr(cfg, name)}")
     if cfg.mte_targets not in ("predicted", "label"):
         raise UserError(f"--mte-targets must be 'predicted' (the paper) or 'label' (the author's code), not {cfg.mte_targets!r}")
-    wrn(cfg.teacher), wrn(cfg.student)
+    wrn(cfg.teacher), wrn(cfg.student)  # raise on unknown names
     return cfg
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description="Zero-shot knowledge transfer (Micaelli & Storkey, 2019). "
                                 "`python zskt.py curves -h` for transition curves of two checkpoints.")
-    p.add_argument("--dataset", default="shapes", choices=DATASETS)
+    p.add_argument("--dataset", choices=DATASETS, help="default: shapes, the built-in offline dataset")
     for f in dataclasses.fields(Config):
         if f.name != "dataset":
             flag = "--" + f.name.replace("_", "-")
@@ -761,7 +763,6 @@ def parse_args(argv):
     p.add_argument("--out", help="run directory (default: runs/<dataset>-<teacher>-<student>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--overwrite", action="store_true", help="delete what --out holds and start afresh")
-    p.add_argument("--benchmark", type=int, metavar="N", help="time N outer iterations (random nets) and exit")
     return p.parse_args(argv)
 
 
@@ -770,28 +771,24 @@ def main(argv=None):
     if argv[:1] == ["curves"]:
         return curves_main(argv[1:])
     args = parse_args(argv)
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
-             if f.name != "dataset" and getattr(args, f.name) is not None}
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if getattr(args, f.name) is not None}
     device = resolve_device(args.device)
     if device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
-    if args.benchmark:
-        return benchmark(validate(make_config(args.dataset, **given)), device, args.benchmark)
     if args.resume:
-        if not args.out:
-            raise UserError("--resume needs --out, the run directory to continue")
-        saved = json.loads((prepare_run_dir(args.out, resume=True, overwrite=False) / "config.json").read_text()) \
-            if (Path(args.out) / "config.json").is_file() else None
-        if saved is None:
-            raise UserError(f"--resume: {args.out} has no config.json, so it is not a zskt.py run directory")
-        diff = [f"{k}={saved['config'][k]!r} (saved) vs {v!r} (given)" for k, v in given.items()
-                if k != "seed" and saved["config"][k] != v]
+        saved_file = Path(args.out or "") / "config.json"
+        if not args.out or not saved_file.is_file():
+            raise UserError("--resume needs --out pointing at a zskt.py run directory (one with config.json)")
+        saved = json.loads(saved_file.read_text())
+        given["teacher_checkpoint"] = args.teacher_checkpoint
+        diff = [f"{k}={saved['config'].get(k, saved.get(k))!r} (saved) vs {v!r} (given)" for k, v in given.items()
+                if v is not None and saved["config"].get(k, saved.get(k)) != v]
         if diff or (args.seeds and args.seeds != saved["seeds"]):
             raise UserError(f"--resume: the flags contradict the saved run: {'; '.join(diff) or 'seeds differ'}; "
                             f"drop those flags or start a new --out")
-        cfg, seeds = Config(**saved["config"]), saved["seeds"]
+        cfg, seeds, args.teacher_checkpoint = Config(**saved["config"]), saved["seeds"], saved["teacher_checkpoint"]
     else:
-        cfg = validate(make_config(args.dataset, **given))
+        cfg = validate(make_config(**{"dataset": "shapes", **given}))
         seeds = args.seeds or [cfg.seed]
     out = Path(args.out or f"runs/{cfg.dataset}-{cfg.teacher}-{cfg.student}-{time.strftime('%Y%m%d-%H%M%S')}")
     teacher_path = Path(args.teacher_checkpoint or default_teacher_path(cfg.dataset, cfg.teacher, args.data_dir))
@@ -809,7 +806,8 @@ def main(argv=None):
     mean, std = (meta["mean"], meta["std"]) if "mean" in meta else MEAN_STD[cfg.dataset]
     if not args.resume:
         prepare_run_dir(out, overwrite=args.overwrite)
-        (out / "config.json").write_text(json.dumps({"config": dataclasses.asdict(cfg), "seeds": seeds}, indent=2))
+        (out / "config.json").write_text(json.dumps({"config": dataclasses.asdict(cfg), "seeds": seeds,
+                                                     "teacher_checkpoint": str(teacher_path)}, indent=2))
     summaries = []
     for seed in seeds:
         run_dir = out if len(seeds) == 1 else out / f"seed{seed}"
@@ -839,28 +837,6 @@ def report(summaries, out):
         lines.insert(2, f"over {len(acc)} seeds: student {np.mean(acc):.2%} +- {np.std(acc):.2%} (population std)")
     print("\n".join(["", f"== {s['dataset']}: {s['teacher']} -> {s['student']} =="] + lines +
                      [f"written to {out}/: metrics.csv, samples_*.png, transition.png, curves.npz, student.pt, summary.json"]))
-
-
-def benchmark(cfg, device, n):
-    """Seconds per outer iteration of Algorithm 1 for cfg's teacher/student pair (random weights)."""
-    cl = torch.channels_last
-    teacher = wrn(cfg.teacher).to(device, memory_format=cl).eval().requires_grad_(False)
-    student, generator = wrn(cfg.student).to(device, memory_format=cl), Generator(cfg.z_dim).to(device, memory_format=cl)
-    opts = torch.optim.Adam(student.parameters()), torch.optim.Adam(generator.parameters())
-    for i in range(n + 1):  # the first iteration warms up (allocations, cudnn autotuning)
-        if i == 1:
-            t0 = sync_time(device)
-        zero_shot_iteration(teacher, student, generator, *opts, cfg)
-    sec = (sync_time(device) - t0) / n
-    print(f"{cfg.teacher} -> {cfg.student}, batch {cfg.batch_size}, n_s {cfg.n_s}, amp {cfg.amp}, {device}: "
-          f"{sec:.3f} s per outer iteration ({1 / sec:.2f} it/s)")
-    return sec
-
-
-def sync_time(device):
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.time()
 
 
 def curves_main(argv):
