@@ -27,10 +27,11 @@ PRESETS = {
     "cifar10": dict(epochs=200, lr=0.1, batch_size=128, augment=True),
     "svhn": dict(epochs=100, lr=0.1, batch_size=128, augment=False),  # train split only, no augmentation
     "folder": dict(epochs=200, lr=0.1, batch_size=128, augment=True),
-    # Demo-sized (2 epochs: lr 0.1, then 0.02); on a 2-core CPU WRN-16-2 reaches 99.5% in 2 min.
-    # No augmentation: the generator already randomises position, rotation, size and colour, the
-    # test split comes from the same generator, and black crop borders only slow a 2-epoch run.
-    "shapes": dict(epochs=2, lr=0.1, batch_size=64, augment=False),
+    # Demo-sized: 3 epochs (lr 0.1, 0.02, 0.004), batch 128 -> WRN-16-1 at ~98.5% in about a minute.
+    # No augmentation: the generator already randomises position, rotation, size and colour, and
+    # the test split comes from the same generator. (The recipe also shapes the teacher's answers on
+    # pseudo images; README, "Settings", says what was measured.)
+    "shapes": dict(epochs=3, lr=0.1, batch_size=128, augment=False),
 }
 # The flags that define a run: --resume takes them from the checkpoint and refuses different ones.
 RECIPE = ("dataset", "arch", "epochs", "lr", "batch_size", "seed", "amp", "mean", "std",
@@ -98,10 +99,9 @@ def kd_at_loss(student_logits, teacher_logits, labels, student_acts, teacher_act
                alpha=0.9, temperature=4.0, beta=1000.0):
     """(1-a) CE + 2 a T^2 KL_mean + beta sum_l AT_l, the author's KD+AT (§1.8); KL_mean is F.kl_div's
     elementwise mean (over batch *and* classes), which the factor 2 a T^2 was set against."""
-    s, t, T = student_logits.float(), teacher_logits.float(), temperature
-    # reduction="none" then .mean() = the author's default 'mean', without its deprecation warning
-    kl = F.kl_div(F.log_softmax(s / T, 1), F.softmax(t / T, 1), reduction="none").mean()
-    return (1 - alpha) * F.cross_entropy(s, labels) + 2 * alpha * T * T * kl \
+    T = temperature
+    return (1 - alpha) * F.cross_entropy(student_logits.float(), labels) \
+        + 2 * alpha * T * T * zskt.kl_divergence(student_logits, teacher_logits, T) \
         + beta * zskt.attention_loss(student_acts, teacher_acts)
 
 
