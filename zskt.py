@@ -700,6 +700,9 @@ def train_zero_shot(cfg, teacher, test_images, test_labels, mean, std, out, devi
 def transition_report(stepped, observed, images, labels, mean, std, cfg, out, title="student"):
     """Transition curves on cfg.mte_images agreeing test images -> curves.npz, transition.png; MTE."""
     x, y, _ = agreeing_images(stepped, observed, images, labels, mean, std, cfg.mte_images)
+    if len(x) == 0:
+        print("no test image on which both networks agree, so no transition curves (MTE = nan)")
+        return float("nan")
     p_s, p_o = transition_curves(stepped, observed, x, cfg.mte_steps, cfg.mte_step_size,
                                  labels=y if cfg.mte_targets == "label" else None)
     np.savez_compressed(out / "curves.npz", p_stepped=p_s.numpy(), p_observed=p_o.numpy(), labels=y.numpy())
