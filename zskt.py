@@ -171,14 +171,11 @@ class Block(nn.Module):
         return y + (x if self.convShortcut is None else self.convShortcut(o))
 
 
-class Group(nn.Module):
-    def __init__(self, n, c_in, c_out, stride):
-        super().__init__()
-        self.layer = nn.Sequential(*[Block(c_in if i == 0 else c_out, c_out, stride if i == 0 else 1)
-                                     for i in range(n)])
-
-    def forward(self, x):
-        return self.layer(x)
+def group(n, c_in, c_out, stride):
+    """n blocks; held as `.layer` so that state-dict keys read block{g}.layer.{i} as the author's."""
+    g = nn.Module()
+    g.layer = nn.Sequential(*[Block(c_in if i == 0 else c_out, c_out, stride if i == 0 else 1) for i in range(n)])
+    return g
 
 
 class WideResNet(nn.Module):
@@ -190,7 +187,7 @@ class WideResNet(nn.Module):
             raise UserError(f"WideResNet depth must be 6n+4 with n >= 1 (10, 16, 22, 28, 40, ...), not {depth}")
         n, w = (depth - 4) // 6, [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.conv1 = nn.Conv2d(3, w[0], 3, 1, 1, bias=False)
-        self.block1, self.block2, self.block3 = (Group(n, w[i], w[i + 1], s) for i, s in enumerate((1, 2, 2)))
+        self.block1, self.block2, self.block3 = (group(n, w[i], w[i + 1], s) for i, s in enumerate((1, 2, 2)))
         self.bn1, self.fc = nn.BatchNorm2d(w[3]), nn.Linear(w[3], num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -200,9 +197,9 @@ class WideResNet(nn.Module):
         nn.init.zeros_(self.fc.bias)
 
     def forward(self, x):
-        a1 = self.block1(self.conv1(x))
-        a2 = self.block2(a1)
-        a3 = self.block3(a2)
+        a1 = self.block1.layer(self.conv1(x))
+        a2 = self.block2.layer(a1)
+        a3 = self.block3.layer(a2)
         return self.fc(F.relu(self.bn1(a3)).mean((2, 3))), (a1, a2, a3)  # mean = 8x8 avg pool
 
 
@@ -328,13 +325,6 @@ def autocast(device, enabled):
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def clipped_step(optimizer, params, loss, max_norm):
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    nn.utils.clip_grad_norm_(params, max_norm)
-    optimizer.step()
-
-
 def zero_shot_iteration(teacher, student, generator, opt_student, opt_generator, cfg):
     """One outer iteration of Algorithm 1; returns the last generator and student losses.
 
@@ -362,7 +352,10 @@ def zero_shot_iteration(teacher, student, generator, opt_student, opt_generator,
         with autocast(device, cfg.amp):
             s_logits, s_acts = student(x)
             loss_s = student_loss(s_logits, t_logits, s_acts, t_acts, cfg.beta, cfg.temperature)
-        clipped_step(opt_student, student.parameters(), loss_s, cfg.grad_clip)
+        opt_student.zero_grad(set_to_none=True)
+        loss_s.backward()
+        nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
+        opt_student.step()
     return {"loss_generator": loss_g.item(), "loss_student": loss_s.item()}
 
 
@@ -413,34 +406,26 @@ def transition_curves(stepped, observed, x, steps=100, step_size=1.0, labels=Non
     eval-mode BatchNorm and a per-example *summed* cross-entropy make each one take exactly the
     step of the one-image algorithm. Returns (p_stepped, p_observed), each (N, C - 1, steps).
     """
-    device = next(stepped.parameters()).device
-    with eval_mode(stepped), eval_mode(observed), torch.no_grad():
-        x = x.to(device)
-        ref = stepped(x)[0].argmax(1) if labels is None else labels.to(device)
-        C = stepped.fc.out_features
-    targets = (ref[:, None] + torch.arange(1, C, device=device)) % C  # (N, C-1)
-    xs, ts = x.repeat_interleave(C - 1, 0), targets.flatten()
-    curves = torch.empty(2, len(ts), steps)
-    params = [p for m in (stepped, observed) for p in m.parameters()]
-    requires = [p.requires_grad for p in params]
-    try:
-        for p in params:  # frozen: only the images receive gradients
-            p.requires_grad_(False)
-        with eval_mode(stepped), eval_mode(observed):
-            for i in range(0, len(ts), chunk_size):
-                xk, tk = xs[i:i + chunk_size].clone(), ts[i:i + chunk_size]
-                for k in range(steps):
-                    xk.requires_grad_(True)
-                    logits = stepped(xk)[0]
-                    with torch.no_grad():
-                        curves[0, i:i + len(tk), k] = logits.softmax(1).gather(1, tk[:, None])[:, 0].cpu()
-                        curves[1, i:i + len(tk), k] = observed(xk)[0].softmax(1).gather(1, tk[:, None])[:, 0].cpu()
-                    if k < steps - 1:  # the last update would never be recorded
-                        grad, = torch.autograd.grad(F.cross_entropy(logits, tk, reduction="sum"), xk)
-                        xk = (xk - step_size * grad).detach()
-    finally:
-        for p, r in zip(params, requires):
-            p.requires_grad_(r)
+    device, C = next(stepped.parameters()).device, stepped.fc.out_features
+    x = x.to(device)
+    with eval_mode(stepped), eval_mode(observed):
+        with torch.no_grad():
+            ref = stepped(x)[0].argmax(1) if labels is None else labels.to(device)
+        targets = (ref[:, None] + torch.arange(1, C, device=device)) % C  # (N, C-1)
+        xs, ts = x.repeat_interleave(C - 1, 0), targets.flatten()
+        curves = torch.empty(2, len(ts), steps)
+        for i in range(0, len(ts), chunk_size):
+            xk, tk = xs[i:i + chunk_size].clone(), ts[i:i + chunk_size]
+            for k in range(steps):
+                xk.requires_grad_(True)
+                logits = stepped(xk)[0]
+                with torch.no_grad():
+                    curves[0, i:i + len(tk), k] = logits.softmax(1).gather(1, tk[:, None])[:, 0].cpu()
+                    curves[1, i:i + len(tk), k] = observed(xk)[0].softmax(1).gather(1, tk[:, None])[:, 0].cpu()
+                if k < steps - 1:  # the last update would never be recorded
+                    # grad w.r.t. the images only: no weight gradient is computed, the networks stay frozen
+                    grad, = torch.autograd.grad(F.cross_entropy(logits, tk, reduction="sum"), xk)
+                    xk = (xk - step_size * grad).detach()
     return curves.view(2, len(x), C - 1, steps).unbind(0)
 
 
@@ -688,7 +673,7 @@ def train_zero_shot(cfg, teacher, test_images, test_labels, mean, std, out, devi
     student_acc = accuracy(student, test_images, test_labels, mean, std)
     save_atomic(model_checkpoint(student, cfg.student, cfg.dataset, mean, std, test_acc=student_acc,
                                  seed=cfg.seed, iterations=cfg.iterations), out / "student.pt")
-    mte = transition_report(student, teacher, test_images, test_labels, mean, std, cfg, out)
+    mte, _, _ = transition_report(student, teacher, test_images, test_labels, mean, std, cfg, out)
     summary = {"dataset": cfg.dataset, "teacher": cfg.teacher, "student": cfg.student, "iterations": cfg.iterations,
                "seed": cfg.seed, "device": device, "teacher_test_acc": teacher_acc, "student_test_acc": student_acc,
                "student_teacher_ratio": student_acc / max(teacher_acc, 1e-12), "mte": mte,
@@ -702,12 +687,12 @@ def transition_report(stepped, observed, images, labels, mean, std, cfg, out, ti
     x, y, _ = agreeing_images(stepped, observed, images, labels, mean, std, cfg.mte_images)
     if len(x) == 0:
         print("no test image on which both networks agree, so no transition curves (MTE = nan)")
-        return float("nan")
+        return float("nan"), None, None
     p_s, p_o = transition_curves(stepped, observed, x, cfg.mte_steps, cfg.mte_step_size,
                                  labels=y if cfg.mte_targets == "label" else None)
     np.savez_compressed(out / "curves.npz", p_stepped=p_s.numpy(), p_observed=p_o.numpy(), labels=y.numpy())
     plot_transition_curves([(title, p_s, p_o)], out / "transition.png")
-    return mean_transition_error(p_s, p_o)
+    return mean_transition_error(p_s, p_o), p_s, p_o
 
 
 @torch.no_grad()
@@ -873,9 +858,8 @@ def curves_main(argv):
         student = load_model(path, num_classes=teacher.fc.out_features)[0].to(device)
         sub = out / name
         sub.mkdir(exist_ok=True)
-        result[name] = transition_report(student, teacher.to(device), images, labels, mean, std, cfg, sub, title=name)
-        with np.load(sub / "curves.npz") as f:
-            panels.append((name, torch.from_numpy(f["p_stepped"]), torch.from_numpy(f["p_observed"])))
+        result[name], p_s, p_o = transition_report(student, teacher.to(device), images, labels, mean, std, cfg, sub, name)
+        panels += [(name, p_s, p_o)] if p_s is not None else []
         print(f"{name}: MTE {result[name]:.4f} against {args.teacher} (N={args.images}, K={args.steps}, xi={args.step_size})")
     plot_transition_curves(panels, out / "transition.png")
     (out / "mte.json").write_text(json.dumps({"teacher": args.teacher, "mte": result, **vars(args)}, indent=2))
