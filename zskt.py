@@ -53,8 +53,8 @@ def make_shapes(n, seed, size=16, chunk=2_000):
     """The built-in offline dataset: 10 classes that differ only by shape or texture.
 
     Colour, position, size, rotation, texture frequency and noise are random, so a classifier
-    has to learn shapes, not pixels. 16x16 makes the demo 4x cheaper than 32x32; textures have
-    2-4 periods across the image, coarse enough not to alias. Deterministic in `seed`.
+    has to learn shapes, not pixels. 16x16 makes the demo 3x cheaper than 32x32; textures have
+    periods of 3.5-10 pixels, coarse enough not to alias. Deterministic in `seed`.
     """
     g = torch.Generator().manual_seed(seed)
     U = lambda lo, hi, *shape: lo + (hi - lo) * torch.rand(*(shape or (n,)), generator=g)
