@@ -55,7 +55,7 @@ def author_transition_curves(stepped, observed, x, steps=100, step_size=1.0, lab
                 logits = stepped(xk)[0]
                 p_s[n, c, k] = logits.softmax(1)[0, j].item()
                 p_o[n, c, k] = observed(xk)[0].softmax(1)[0, j].item()
-                loss = nn.functional.cross_entropy(logits, torch.tensor([j]))
+                loss = nn.functional.cross_entropy(logits, torch.tensor([j], device=xk.device))
                 grad, = torch.autograd.grad(loss, xk)
                 xk = (xk - step_size * grad).detach().requires_grad_(True)
     return p_s, p_o

@@ -114,16 +114,18 @@ def train(model, teacher, optimizer, images, labels, mean, std, args, epoch, fir
     bs = min(args.batch_size, n)
     steps = min(n // bs + (n % bs >= 2), args.max_steps or n)  # a last batch of 1 is dropped: BatchNorm
     order = torch.randperm(n, generator=torch.Generator(dev).manual_seed(mix(args.seed, epoch)), device=dev)
-    g, log = torch.Generator(dev), dict(steps=steps, done=first_step, loss=0.0, correct=0, seen=0)
+    g, log = torch.Generator(dev), dict(steps=steps, done=first_step, loss=0.0, seen=0)
     correct = torch.zeros((), dtype=torch.long, device=dev)
+    mean, std = (torch.tensor(v, device=dev) for v in (mean, std))  # once, not per step
+    augmented = PRESETS[args.dataset]["augment"]
     beat = start = time.time()
     model.train()
     for step in range(first_step, steps):
         idx = order[step * bs:(step + 1) * bs]
         x, y = images[idx], labels[idx]
-        if PRESETS[args.dataset]["augment"]:
+        if augmented:
             x = augment(x, g.manual_seed(mix(args.seed, epoch, step)))
-        x = zskt.normalize(x, mean, std).contiguous(memory_format=torch.channels_last)
+        x = zskt.normalize(x.contiguous(memory_format=torch.channels_last), mean, std)  # layout set on uint8: 4x less to copy
         with zskt.autocast(dev, args.amp):
             logits, acts = model(x)
             if teacher is not None:
@@ -160,17 +162,17 @@ def resolve(args):
     validate them, and prepare the run directory. Returns the resume checkpoint or None."""
     given = {k: getattr(args, k) for k in RECIPE if getattr(args, k) is not None}
     dataset = given.get("dataset", "shapes")
-    if dataset not in PRESETS:
-        raise zskt.UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(PRESETS)}")
-    arch = given.get("arch") or zskt.make_config(dataset).teacher  # the teacher zskt.py expects by default
+    expected = zskt.make_config(dataset).teacher  # refuses unknown datasets
+    arch = given.get("arch") or expected  # by default, the teacher zskt.py expects
     m, teacher = given.get("samples_per_class", -1), given.get("distill_from")
     args.teacher_copy = None
+    teacher_path = zskt.default_teacher_path(dataset, arch, args.data_dir)
     if args.out is None:
-        args.out = (f"runs/{zskt.default_teacher_path(dataset, arch, args.data_dir).stem}"
+        args.out = (f"runs/{teacher_path.stem}"
                     f"{f'-kdat-{Path(teacher).stem}' if teacher else ''}{f'-m{m}' if m != -1 else ''}"
                     f"-seed{given.get('seed', 0)}")
         if teacher is None and m == -1:  # a full-data run is a teacher: save it where zskt.py looks
-            args.teacher_copy = zskt.default_teacher_path(dataset, arch, args.data_dir)
+            args.teacher_copy = teacher_path
     resumed = None
     if args.resume:
         zskt.prepare_run_dir(args.out, resume=True)
@@ -183,7 +185,7 @@ def resolve(args):
                 raise zskt.UserError(f"--resume: {args.out} was started with {flag} {resumed['args'][k]}, not {v}; "
                                      f"drop {flag} or start a new run with another --out")
         given = resumed["args"]
-    defaults = dict(PRESETS.get(dataset, {}), dataset=dataset, arch=arch, seed=0, amp=False,
+    defaults = dict(PRESETS[dataset], dataset=dataset, arch=arch, seed=0, amp=False,
                     samples_per_class=-1, mean=None, std=None, distill_from=None, max_steps=None)
     for k in RECIPE:
         setattr(args, k, given.get(k, defaults.get(k)))
@@ -260,8 +262,9 @@ def main(argv=None):
     print(f"{args.arch} on {args.dataset} ({len(images)} train / {len(test_x)} test images), {what}, {epochs} epochs, "
           f"batch {args.batch_size}, lr {args.lr} (x0.2 after epochs {milestones}), {device}; run dir {args.out}")
 
-    start, test_acc = time.time(), None
-    agg = dict(loss=0.0, correct=0, seen=0, train_s=0.0)
+    start, test_acc, first_epoch = time.time(), None, epoch
+    fresh = lambda: dict(loss=0.0, correct=0, seen=0, train_s=0.0)  # per-report sums
+    agg = fresh()
     with zskt.StopOnSignal() as stop:
         while epoch < epochs:
             t, lr = time.time(), optimizer.param_groups[0]["lr"]
@@ -279,12 +282,12 @@ def main(argv=None):
                 raise SystemExit(128 + signal.Signals[stop.signal].value)
             if epoch % every == 0 or epoch == epochs:
                 test_acc = zskt.accuracy(model, test_x, test_y, args.mean, args.std)
-                eta = (time.time() - start) / max(1, epoch - (resumed or {}).get("epoch", 0)) * (epochs - epoch)
+                eta = (time.time() - start) / max(1, epoch - first_epoch) * (epochs - epoch)
                 print(f"epoch {epoch:>4}/{epochs}  loss {agg['loss'] / max(agg['seen'], 1):.4f}  "
                       f"train {agg['correct'] / max(agg['seen'], 1):6.2%}  test {test_acc:6.2%}  "
                       f"lr {lr:.4g}  {agg['seen'] / agg['train_s']:.0f} img/s  "
-                      f"ETA {eta // 60:.0f}m{eta % 60:02.0f}s", flush=True)
-                agg = dict(loss=0.0, correct=0, seen=0, train_s=0.0)
+                      f"ETA {zskt.format_time(eta)}", flush=True)
+                agg = fresh()
             if epoch % args.checkpoint_every == 0 or epoch == epochs:
                 save_state(model, optimizer, scheduler, epoch, 0, args)
 
@@ -317,12 +320,12 @@ def benchmark(args, device, n=4096):
     opt = torch.optim.SGD(model.parameters(), 0.1, momentum=0.9, weight_decay=5e-4)
     dx, dy, g = images.to(device), labels.to(device), torch.Generator(device).manual_seed(0)
 
-    def data_path(i):
+    def data_path():
         idx = torch.randint(0, n, (bs,), device=device, generator=g)
         return zskt.normalize(augment(dx[idx], g), mean, std).contiguous(memory_format=torch.channels_last), dy[idx]
 
-    def step(i):
-        x, y = data_path(i)
+    def step():
+        x, y = data_path()
         with zskt.autocast(device, args.amp or False):
             loss = F.cross_entropy(model(x)[0].float(), y)
         opt.zero_grad(set_to_none=True)
@@ -330,10 +333,10 @@ def benchmark(args, device, n=4096):
         opt.step()
 
     def rate(fn, reps):
-        fn(0), sync()  # warm-up
+        fn(), sync()  # warm-up
         t = time.perf_counter()
-        for i in range(reps):
-            fn(i)
+        for _ in range(reps):
+            fn()
         sync()
         return reps * bs / (time.perf_counter() - t)
 
@@ -346,7 +349,7 @@ def benchmark(args, device, n=4096):
                                                                torch.tensor([y for _, y in b])))
     batches = iter(loader)
     data, train_rate = rate(data_path, 200), rate(step, 5 if device.type == "cpu" else 50)
-    torchvision_rate = rate(lambda i: [t.to(device, non_blocking=True) for t in next(batches)], 20)
+    torchvision_rate = rate(lambda: [t.to(device, non_blocking=True) for t in next(batches)], 20)
     print(f"benchmark: {arch}, batch {bs}, {device}, {torch.get_num_threads()} threads, random uint8 32x32 images")
     print(f"(a) data path (gather, crop+flip, normalise on {device}):  {data:10.0f} images/s")
     print(f"(b) data path + training step:                         {train_rate:10.0f} images/s  "

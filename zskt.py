@@ -145,7 +145,7 @@ def load_folder(root, split):
 
 def normalize(images, mean, std):
     """uint8 images -> the normalised input space that teacher, student and generator share."""
-    mean, std = (torch.tensor(v, device=images.device).view(1, -1, 1, 1) for v in (mean, std))
+    mean, std = (torch.as_tensor(v, dtype=torch.float32, device=images.device).view(1, -1, 1, 1) for v in (mean, std))
     return (images.float() / 255 - mean) / std
 
 
