@@ -1,18 +1,18 @@
-"""Train the teachers, the scratch students and the few-shot KD+AT baselines of the paper (§1.8).
+"""Train the teachers, the scratch students and the few-shot KD+AT baselines of the paper (Section 4.1),
+with the recipe of the author's FewShotKnowledgeTransfer code (main.py, solver.py).
 
     python train_teacher.py                                     # demo teacher on `shapes`, for `python zskt.py`
     python train_teacher.py --dataset cifar10 --arch wrn-40-2   # a teacher of Table 1 (200 epochs)
     python train_teacher.py --dataset cifar10 --arch wrn-16-1 --samples-per-class 200           # no teacher
     python train_teacher.py --dataset cifar10 --arch wrn-16-1 --samples-per-class 200 \\
         --distill-from checkpoints/cifar10-wrn-40-2.pt                                           # KD+AT
-    python train_teacher.py --benchmark                         # images/s of the data path
 
 Runs live in --out (default runs/<name>): checkpoint.pt holds everything needed by --resume and
 model.pt the final model. A full-data run without a teacher or --out is also saved where
 zskt.py looks for a teacher, zskt.default_teacher_path(dataset, arch).
 """
 import argparse
-import signal
+import math
 import time
 from pathlib import Path
 
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 import zskt
 
-# §1.8: SGD(0.1, momentum 0.9, wd 5e-4), lr x0.2 at 30/60/80% of the epochs, batch 128.
+# Section 4.1: SGD(0.1, momentum 0.9, wd 5e-4), lr x0.2 at 30/60/80% of the epochs, batch 128.
 PRESETS = {
     "cifar10": dict(epochs=200, lr=0.1, batch_size=128, augment=True),
     "svhn": dict(epochs=100, lr=0.1, batch_size=128, augment=False),  # train split only, no augmentation
@@ -34,8 +34,8 @@ PRESETS = {
     "shapes": dict(epochs=4, lr=0.1, batch_size=128, augment=False),
 }
 # The flags that define a run: --resume takes them from the checkpoint and refuses different ones.
-RECIPE = ("dataset", "arch", "epochs", "lr", "batch_size", "seed", "amp", "mean", "std",
-          "distill_from", "samples_per_class", "max_steps")
+RECIPE = ("dataset", "arch", "epochs", "lr", "batch_size", "seed", "amp", "mean", "std", "distill_from",
+          "samples_per_class", "few_shot_schedule", "max_steps", "data_dir", "teacher_copy")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -54,7 +54,7 @@ def crop_flip(images, top, left, flip, padding=4):
 
 
 def augment(images, generator, padding=4):
-    """RandomCrop(32, padding=4) + RandomHorizontalFlip, as the author's CIFAR-10 loader (§1.8)."""
+    """RandomCrop(32, padding=4) + RandomHorizontalFlip, as the author's CIFAR-10 loader (utils/datasets.py)."""
     n, dev = len(images), images.device
     top, left = torch.randint(0, 2 * padding + 1, (2, n), device=dev, generator=generator)
     flip = torch.randint(0, 2, (n,), device=dev, generator=generator).bool()
@@ -62,7 +62,7 @@ def augment(images, generator, padding=4):
 
 
 def per_class_subset(labels, m, seed):
-    """Indices of exactly m random training images of every class, a new draw per seed (§1.8, M)."""
+    """Indices of exactly m random training images of every class (M in Figure 2), a new draw per seed."""
     if m == -1:
         return torch.arange(len(labels))
     smallest = int(torch.bincount(labels)[labels.unique()].min())
@@ -85,19 +85,29 @@ def mix(*ints):
 
 
 # ----------------------------------------------------------------------------------------------
-# Schedule and loss (§1.8).
+# Schedule and loss.
 
-def schedule(base_epochs, n_train, n_classes, m):
-    """(epochs, milestones): with M images per class, epochs and milestones are scaled by
-    N_train / (C*M) so every M gets the same number of iterations, as the paper says. (The
-    author's SVHN scripts deviate: scale_n_iters = M/100 there, so small M run fewer, §4.11.)"""
-    scale = 1.0 if m == -1 else n_train / (n_classes * m)
+def schedule(base_epochs, n_train, n_classes, m, scale_n_iters=1.0):
+    """(epochs, milestones) as the author's main.py: with M images per class, both are scaled by
+    scale_n_iters * N_train / (C*M). With scale_n_iters = 1 every M gets the same number of
+    iterations, as the paper says; the author's SVHN scripts pass M/100, so small M run fewer."""
+    scale = 1.0 if m == -1 else scale_n_iters * n_train / (n_classes * m)
     return int(base_epochs * scale), [int(base_epochs * p // 10 * scale) for p in (3, 6, 8)]
+
+
+def sgd(model, lr):
+    """The author's optimizer (FewShot solver.py, the usual WRN recipe): momentum 0.9, not Nesterov, weight decay 5e-4."""
+    return torch.optim.SGD(model.parameters(), lr, momentum=0.9, weight_decay=5e-4)
+
+
+def scale_n_iters(dataset, m, rule="author"):
+    """The author's SVHN scripts pass scale_n_iters = M/100; the CIFAR-10 scripts and the paper use 1."""
+    return m / 100 if dataset == "svhn" and m != -1 and rule == "author" else 1.0
 
 
 def kd_at_loss(student_logits, teacher_logits, labels, student_acts, teacher_acts,
                alpha=0.9, temperature=4.0, beta=1000.0):
-    """(1-a) CE + 2 a T^2 KL_mean + beta sum_l AT_l, the author's KD+AT (§1.8); KL_mean is F.kl_div's
+    """(1-a) CE + 2 a T^2 KL_mean + beta sum_l AT_l, the author's KD+AT (FewShot solver.py); KL_mean is F.kl_div's
     elementwise mean (over batch *and* classes), which the factor 2 a T^2 was set against."""
     T = temperature
     return (1 - alpha) * F.cross_entropy(student_logits.float(), labels) \
@@ -109,7 +119,7 @@ def kd_at_loss(student_logits, teacher_logits, labels, student_acts, teacher_act
 # Training and evaluation.
 
 def train(model, teacher, optimizer, images, labels, mean, std, args, epoch, first_step=0, stop=None):
-    """One epoch of §1.8 from `first_step`; returns early after the step on which a signal arrived."""
+    """One epoch from `first_step`; returns early after the step on which a signal arrived."""
     dev, n = images.device, len(images)
     bs = min(args.batch_size, n)
     steps = min(n // bs + (n % bs >= 2), args.max_steps or n)  # a last batch of 1 is dropped: BatchNorm
@@ -137,7 +147,9 @@ def train(model, teacher, optimizer, images, labels, mean, std, args, epoch, fir
         loss.backward()
         optimizer.step()
         value = loss.item()  # one sync per step, so a non-finite loss stops the run at once
-        zskt.check_finite(f"{step + 1} of epoch {epoch + 1}", {"loss": value}, args.out)
+        if not math.isfinite(value):
+            raise zskt.UserError(f"step {step + 1} of epoch {epoch + 1}: loss = {value} is not finite; the last good "
+                                 f"checkpoint in {args.out} is intact (try a lower --lr, or no --amp)")
         correct += (logits.argmax(1) == y).sum()
         log.update(done=step + 1, loss=log["loss"] + value * len(y), seen=log["seen"] + len(y))
         if time.time() - beat > 60:  # a heartbeat inside long (CPU) epochs
@@ -151,28 +163,33 @@ def train(model, teacher, optimizer, images, labels, mean, std, args, epoch, fir
 
 
 def save_state(model, optimizer, scheduler, epoch, step, args):
-    """Everything --resume needs (issue #6), written atomically: a kill never leaves half a file."""
+    """Everything --resume needs, written atomically: a kill never leaves half a file."""
     zskt.save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                       "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step, "rng": zskt.rng_state(),
                       "args": {k: getattr(args, k) for k in RECIPE}}, Path(args.out) / "checkpoint.pt")
 
 
 def resolve(args):
-    """Fill unset flags from the run being resumed (refusing contradictions) or from PRESETS,
-    validate them, and prepare the run directory. Returns the resume checkpoint or None."""
-    given = {k: getattr(args, k) for k in RECIPE if getattr(args, k) is not None}
+    """Fill unset flags from the run being resumed (refusing contradictions) or from PRESETS and
+    validate them. Paths are stored resolved, so a run resumes from any working directory.
+    Returns the resume checkpoint or None."""
+    given = {k: getattr(args, k) for k in RECIPE if getattr(args, k, None) is not None}
+    for k in ("data_dir", "distill_from"):
+        if k in given:
+            given[k] = str(Path(given[k]).resolve())
     dataset = given.get("dataset", "shapes")
-    expected = zskt.make_config(dataset).teacher  # refuses unknown datasets
-    arch = given.get("arch") or expected  # by default, the teacher zskt.py expects
+    arch = given.get("arch") or zskt.make_config(dataset).teacher  # by default, the teacher zskt.py expects
+    zskt.make_config(dataset)  # refuses unknown datasets
     m, teacher = given.get("samples_per_class", -1), given.get("distill_from")
-    args.teacher_copy = None
-    teacher_path = zskt.default_teacher_path(dataset, arch, args.data_dir)
+    data_dir = given.get("data_dir", str(Path("./data").resolve()))
+    teacher_path = zskt.default_teacher_path(dataset, arch, data_dir)
     if args.out is None:
         args.out = (f"runs/{teacher_path.stem}"
                     f"{f'-kdat-{Path(teacher).stem}' if teacher else ''}{f'-m{m}' if m != -1 else ''}"
                     f"-seed{given.get('seed', 0)}")
         if teacher is None and m == -1:  # a full-data run is a teacher: save it where zskt.py looks
-            args.teacher_copy = teacher_path
+            given["teacher_copy"] = str(teacher_path.resolve())
+    args.out = str(Path(args.out).resolve())
     resumed = None
     if args.resume:
         zskt.prepare_run_dir(args.out, resume=True)
@@ -180,19 +197,20 @@ def resolve(args):
         if not isinstance(resumed, dict) or "args" not in resumed:
             raise zskt.UserError(f"{args.out}/checkpoint.pt is not a train_teacher.py run checkpoint")
         for k, v in given.items():
-            if v != resumed["args"][k]:
+            if v != resumed["args"].get(k):
                 flag = "--" + k.replace("_", "-")
-                raise zskt.UserError(f"--resume: {args.out} was started with {flag} {resumed['args'][k]}, not {v}; "
+                raise zskt.UserError(f"--resume: {args.out} was started with {flag} {resumed['args'].get(k)}, not {v}; "
                                      f"drop {flag} or start a new run with another --out")
         given = resumed["args"]
-    defaults = dict(PRESETS[dataset], dataset=dataset, arch=arch, seed=0, amp=False,
-                    samples_per_class=-1, mean=None, std=None, distill_from=None, max_steps=None)
+    defaults = dict(PRESETS[dataset], dataset=dataset, arch=arch, seed=0, amp=False, samples_per_class=-1, mean=None,
+                    std=None, distill_from=None, max_steps=None, data_dir=data_dir, teacher_copy=None,
+                    few_shot_schedule="author")
     for k in RECIPE:
         setattr(args, k, given.get(k, defaults.get(k)))
     zskt.wrn(args.arch)  # unknown architectures fail here, before any data is loaded
     for bad, msg in [(args.epochs <= 0, "--epochs must be positive"),
                      (args.batch_size < 2, "--batch-size must be at least 2 (BatchNorm needs two examples)"),
-                     (not args.lr > 0, "--lr must be positive"),
+                     (not 0 < args.lr < float("inf"), "--lr must be a positive number"),
                      (args.seed < 0, "--seed must be >= 0"),
                      (args.samples_per_class == 0 or args.samples_per_class < -1,
                       "--samples-per-class must be -1 (all images) or positive"),
@@ -204,23 +222,19 @@ def resolve(args):
             raise zskt.UserError(msg)
     if args.distill_from and not Path(args.distill_from).is_file():
         raise zskt.UserError(f"--distill-from: no checkpoint file at {args.distill_from}")
-    if args.teacher_copy and args.teacher_copy.exists() and not (args.overwrite or args.resume):
+    if args.teacher_copy and Path(args.teacher_copy).exists() and not (args.overwrite or args.resume):
         raise zskt.UserError(f"{args.teacher_copy} already exists; pass --overwrite to replace it, or --out")
-    if not args.resume:
-        zskt.prepare_run_dir(args.out, overwrite=args.overwrite)
     return resumed
 
 
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(zskt.resolve_device(args.device))
-    if args.benchmark:
-        return benchmark(args, device)
     resumed = resolve(args)
     teacher, t_ckpt = zskt.load_model(args.distill_from) if args.distill_from else (None, {})
     train_x, train_y, classes = zskt.load_dataset(args.dataset, "train", args.data_dir)
     test_x, test_y, _ = zskt.load_dataset(args.dataset, "test", args.data_dir)
-    t_data = (t_ckpt.get("dataset", args.dataset), teacher.fc.out_features) if teacher else None
+    t_data = (t_ckpt.get("dataset") or args.dataset, teacher.fc.out_features) if teacher else None
     if t_data not in (None, (args.dataset, len(classes))):
         raise zskt.UserError(f"{args.distill_from} holds a teacher for {t_data[0]} with {t_data[1]} classes, "
                              f"not for {args.dataset} with {len(classes)} classes")
@@ -232,14 +246,23 @@ def main(argv=None):
             raise zskt.UserError(f"--{k} {getattr(args, k)} differs from the teacher's {list(v)}; drop --{k}")
         setattr(args, k, [float(c) for c in getattr(args, k) or v])
     subset = per_class_subset(train_y, args.samples_per_class, args.seed)
-    epochs, milestones = schedule(args.epochs, len(train_y), len(classes), args.samples_per_class)
+    epochs, milestones = schedule(args.epochs, len(train_y), len(classes), args.samples_per_class,
+                                  scale_n_iters(args.dataset, args.samples_per_class, args.few_shot_schedule))
     every = max(1, epochs // 200)  # evaluate and save <= 200 times (few-shot runs have many tiny epochs)
     args.checkpoint_every = args.checkpoint_every or every
+    with zskt.run_lock(args.out):
+        if not args.resume:
+            zskt.prepare_run_dir(args.out, overwrite=args.overwrite)
+        fit(args, device, teacher, resumed, train_x[subset], train_y[subset], test_x, test_y, len(classes),
+            epochs, milestones, every)
 
+
+def fit(args, device, teacher, resumed, images, labels, test_x, test_y, n_classes, epochs, milestones, every):
+    """Trains `args.arch` for `epochs` from scratch or from `resumed`; writes model.pt (and the teacher copy)."""
     zskt.seed_everything(args.seed)
     # channels_last: faster convolutions on GPUs, and measured ~20% faster on this CPU too
-    model = zskt.wrn(args.arch, len(classes)).to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), args.lr, momentum=0.9, weight_decay=5e-4)
+    model = zskt.wrn(args.arch, n_classes).to(device, memory_format=torch.channels_last)
+    optimizer = sgd(model, args.lr)
     # The author calls scheduler.step(epoch) after each epoch, so each decay takes effect one epoch
     # after its milestone; milestones + 1 with a plain step() reproduces that.
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [m + 1 for m in milestones], 0.2)
@@ -256,11 +279,14 @@ def main(argv=None):
         print(f"resuming {args.out} at epoch {epoch + 1}, step {step + 1}")
     else:
         save_state(model, optimizer, scheduler, 0, 0, args)  # so a failure always leaves a checkpoint
-    images, labels = train_x[subset].to(device, non_blocking=True), train_y[subset].to(device, non_blocking=True)
+    images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
     test_x = test_x.to(device)
     what = f"KD+AT from {args.distill_from}" if teacher is not None else "cross-entropy"
+    drops = [m + 1 for m in milestones if m + 1 < epochs]  # the epochs after which the lr is multiplied by 0.2
     print(f"{args.arch} on {args.dataset} ({len(images)} train / {len(test_x)} test images), {what}, {epochs} epochs, "
-          f"batch {args.batch_size}, lr {args.lr} (x0.2 after epochs {milestones}), {device}; run dir {args.out}")
+          f"batch {min(args.batch_size, len(images))}, lr {args.lr}" +
+          (f" (x0.2 after epoch{'s' * (len(drops) > 1)} {', '.join(map(str, drops))})" if drops else "") +
+          f", {device}; run dir {args.out}")
 
     start, test_acc, first_epoch = time.time(), None, epoch
     fresh = lambda: dict(loss=0.0, correct=0, seen=0, train_s=0.0)  # per-report sums
@@ -277,9 +303,9 @@ def main(argv=None):
                 scheduler.step()
             if stop.signal:
                 save_state(model, optimizer, scheduler, epoch, step, args)
-                print(f"{stop.signal}: saved {args.out}/checkpoint.pt (next: epoch {epoch + 1}, step {step + 1}); "
-                      f"continue with: python train_teacher.py --resume --out {args.out}")
-                raise SystemExit(128 + signal.Signals[stop.signal].value)
+                raise zskt.Stopped(f"{stop.signal}: saved {args.out}/checkpoint.pt (next: epoch {epoch + 1}, step "
+                                   f"{step + 1}); continue with: "
+                                   f"{zskt.command('train_teacher.py', '--resume', '--out', args.out)}", stop.signum)
             if epoch % every == 0 or epoch == epochs:
                 test_acc = zskt.accuracy(model, test_x, test_y, args.mean, args.std)
                 eta = (time.time() - start) / max(1, epoch - first_epoch) * (epochs - epoch)
@@ -290,14 +316,15 @@ def main(argv=None):
                 agg = fresh()
             if epoch % args.checkpoint_every == 0 or epoch == epochs:
                 save_state(model, optimizer, scheduler, epoch, 0, args)
+                stop.saved = f"the last checkpoint, {args.out}/checkpoint.pt (epoch {epoch}), stays"
 
     if test_acc is None:  # resumed a finished run
         test_acc = zskt.accuracy(model, test_x, test_y, args.mean, args.std)
     extra = dict(teacher=str(args.distill_from)) if teacher else {}
     final = zskt.model_checkpoint(model.to("cpu", memory_format=torch.contiguous_format), args.arch, args.dataset,
-                                  args.mean, args.std, epoch=epochs, test_acc=test_acc, seed=args.seed,
-                                  samples_per_class=args.samples_per_class, **extra)
-    for path in filter(None, [Path(args.out) / "model.pt", args.teacher_copy]):
+                                  args.mean, args.std, images.shape[-1], epoch=epochs, test_acc=test_acc,
+                                  seed=args.seed, samples_per_class=args.samples_per_class, **extra)
+    for path in filter(None, [Path(args.out) / "model.pt", args.teacher_copy and Path(args.teacher_copy)]):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             zskt.save_atomic(final, path)
@@ -306,59 +333,9 @@ def main(argv=None):
         print(f"saved {path}: {args.arch}, test accuracy {test_acc:.2%}, {(time.time() - start) / 60:.1f} min")
 
 
-# ----------------------------------------------------------------------------------------------
-# --benchmark (issue #3): images/s of the data path, of a training step, and of torchvision's loader.
-
-def benchmark(args, device, n=4096):
-    arch, bs = args.arch or "wrn-16-1", args.batch_size or 128
-    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
-    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    labels = torch.randint(0, 10, (n,))
-    mean, std = zskt.MEAN_STD["cifar10"]
-    model = zskt.wrn(arch).to(device, memory_format=torch.channels_last)
-    torch.backends.cudnn.benchmark = True
-    opt = torch.optim.SGD(model.parameters(), 0.1, momentum=0.9, weight_decay=5e-4)
-    dx, dy, g = images.to(device), labels.to(device), torch.Generator(device).manual_seed(0)
-
-    def data_path():
-        idx = torch.randint(0, n, (bs,), device=device, generator=g)
-        return zskt.normalize(augment(dx[idx], g), mean, std).contiguous(memory_format=torch.channels_last), dy[idx]
-
-    def step():
-        x, y = data_path()
-        with zskt.autocast(device, args.amp or False):
-            loss = F.cross_entropy(model(x)[0].float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    def rate(fn, reps):
-        fn(), sync()  # warm-up
-        t = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        sync()
-        return reps * bs / (time.perf_counter() - t)
-
-    import torchvision.transforms as T
-    tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
-    from PIL import Image
-    pil = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in images]
-    loader = torch.utils.data.DataLoader(list(zip(pil, labels.tolist())), bs, shuffle=True, num_workers=0,
-                                         collate_fn=lambda b: (torch.stack([tf(im) for im, _ in b]),
-                                                               torch.tensor([y for _, y in b])))
-    batches = iter(loader)
-    data, train_rate = rate(data_path, 200), rate(step, 5 if device.type == "cpu" else 50)
-    torchvision_rate = rate(lambda: [t.to(device, non_blocking=True) for t in next(batches)], 20)
-    print(f"benchmark: {arch}, batch {bs}, {device}, {torch.get_num_threads()} threads, random uint8 32x32 images")
-    print(f"(a) data path (gather, crop+flip, normalise on {device}):  {data:10.0f} images/s")
-    print(f"(b) data path + training step:                         {train_rate:10.0f} images/s  "
-          f"(data path = {train_rate / data:.2%} of a step)")
-    print(f"(c) torchvision DataLoader + transforms (0 workers):   {torchvision_rate:10.0f} images/s")
-
-
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Train a teacher, a scratch student or a KD+AT baseline (§1.8).")
+    p = argparse.ArgumentParser(description="Train a teacher, a scratch student or a KD+AT baseline (the paper's "
+                                "Section 4.1, with the author's FewShotKnowledgeTransfer recipe).")
     p.add_argument("--dataset", help="shapes (default, offline), cifar10, svhn, or folder: "
                                      "--data-dir DIR with DIR/{train,test}/<class>/*")
     p.add_argument("--arch", help="wrn-DEPTH-WIDTH; default: the teacher zskt.py expects for the dataset")
@@ -370,14 +347,16 @@ def parse_args(argv=None):
     p.add_argument("--amp", action="store_true", default=None, help="bf16 autocast (losses stay in fp32)")
     p.add_argument("--mean", type=float, nargs=3, help="default: the teacher's, the dataset's, or the train split's")
     p.add_argument("--std", type=float, nargs=3, help="normalisation std (same defaults as --mean)")
-    p.add_argument("--data-dir", default="./data")
+    p.add_argument("--data-dir", help="where the datasets are, or are downloaded to (default ./data)")
     p.add_argument("--out", help="run directory (default runs/<dataset>-<arch>[-kdat-<teacher>][-m<M>]-seed<S>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory / teacher file")
     p.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints (default: every evaluation)")
-    p.add_argument("--benchmark", action="store_true", help="measure the data path and a training step, then exit")
-    p.add_argument("--distill-from", metavar="TEACHER_CKPT", help="train with KD+AT from this teacher (§1.8)")
+    p.add_argument("--distill-from", metavar="TEACHER_CKPT", help="train with KD+AT from this teacher's file")
     p.add_argument("--samples-per-class", type=int, help="M images per class, drawn per seed; -1 = all (default)")
+    p.add_argument("--few-shot-schedule", choices=("author", "paper"), help="iterations for M images per class: "
+                   "author (default) as the author's scripts, which on SVHN scale them by M/100; paper: the same "
+                   "number for every M (Section 4.1)")
     p.add_argument("--max-steps", type=int, help=argparse.SUPPRESS)  # tests: cap the steps of each epoch
     return p.parse_args(argv)
 

@@ -1,40 +1,41 @@
 """Zero-shot Knowledge Transfer via Adversarial Belief Matching (Micaelli & Storkey, NeurIPS 2019).
 
 One file, in the paper's order: data -> models -> losses -> Algorithm 1 -> evaluation
-(accuracy, transition curves, MTE) -> checkpoints -> CLI. Section numbers (§) refer to
-shared/PAPER.md; "the author's code" is github.com/polo5/ZeroShotKnowledgeTransfer.
+(accuracy, transition curves, MTE) -> a training run -> CLI; zskt_utils.py holds what runs around
+the method (files, run directories, signals, reports). "Section", "Eq.", "Algorithm", "Table" and
+"Figure" refer to the paper (arXiv 1905.09768 v3); "the author's code" is
+github.com/polo5/ZeroShotKnowledgeTransfer (and FewShotKnowledgeTransfer for the KD+AT baselines).
 
     python zskt.py                                    # offline demo on the built-in `shapes` data
     python zskt.py --dataset cifar10 --teacher wrn-40-2 --student wrn-16-1
-    python zskt.py curves --teacher T.pt --student S.pt --dataset cifar10
+    python zskt.py curves --teacher-checkpoint T.pt --student-checkpoint S.pt
 """
 import argparse
 import contextlib
 import csv
 import dataclasses
+import hashlib
 import json
 import math
-import os
-import random
 import re
-import signal
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-class UserError(Exception):
-    """A problem with the user's input: printed as one sentence, exit status 2, no traceback."""
+from zskt_utils import (UserError, Stopped, StopOnSignal, command, device_name, format_time, load_checkpoint, mean_std,
+                        plot_transition_curves, prepare_run_dir, report, resolve_device, rng_state, run_cli, run_lock,
+                        save_atomic, seed_everything, set_rng_state, write_csv, write_json)
 
 
 # ----------------------------------------------------------------------------------------------
-# Data (§1.7). Every dataset is held in memory as uint8 images (N, 3, H, W) and int64 labels:
+# Data (Section 4.1). Every dataset is held in memory as uint8 images (N, 3, H, W) and int64 labels:
 # 32x32 for CIFAR-10, SVHN and folders, 16x16 for shapes.
 
 # The author's constants, so that the author's published teachers work unchanged.
@@ -105,7 +106,7 @@ def load_dataset(name, split, data_dir="./data"):
         if name == "cifar10":
             ds = _download(torchvision.datasets.CIFAR10, root=root, train=split == "train")
             return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets), ds.classes
-        ds = _download(torchvision.datasets.SVHN, root=root, split=split)  # train split only (§1.7)
+        ds = _download(torchvision.datasets.SVHN, root=root, split=split)  # the author uses no "extra" split
         return torch.from_numpy(ds.data), torch.from_numpy(ds.labels).long(), [str(i) for i in range(10)]
     except (OSError, RuntimeError, ValueError) as e:
         where = {"cifar10": "cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html",
@@ -155,7 +156,8 @@ def denormalize(x, mean, std):
 
 
 # ----------------------------------------------------------------------------------------------
-# Models: the pre-activation WideResNet (§1.6) and the generator (§1.4).
+# Models: the pre-activation WideResNet of the author's models/wresnet.py and the generator of
+# models/generator.py (the paper, Section 4.1, says only "three convolutional layers").
 
 class Block(nn.Module):
     """BN-ReLU-conv3x3-BN-ReLU-conv3x3, with a 1x1 shortcut conv where the width changes."""
@@ -212,7 +214,9 @@ def wrn(name, num_classes=10):
     """wrn("wrn-40-2") -> WideResNet(40, 2)."""
     m = ARCH.fullmatch(str(name))
     if not m:
-        raise UserError(f"unknown architecture {name!r}; use wrn-DEPTH-WIDTH, e.g. wrn-16-1 or wrn-40-2")
+        file = Path(str(name)).suffix in (".pt", ".pth", ".tar") or Path(str(name)).is_file()
+        raise UserError(f"unknown architecture {name!r}; use wrn-DEPTH-WIDTH, e.g. wrn-16-1 or wrn-40-2" +
+                        ("; it looks like a file: pass a teacher's file with --teacher-checkpoint" if file else ""))
     return WideResNet(int(m[1]), int(m[2]), num_classes)
 
 
@@ -227,7 +231,7 @@ def infer_arch(state_dict):
 
 
 class Generator(nn.Module):
-    """§1.4, the author's HEAD version: z (100) -> 128x8x8 -> 16x16 -> 32x32 -> 3x32x32, no tanh.
+    """The author's models/generator.py (HEAD version): z (100) -> 128x8x8 -> 16x16 -> 32x32 -> 3x32x32, no tanh.
 
     The final BatchNorm puts images in the normalised data space; always used in train mode.
     Other image sizes start from size/4 (shapes: 128x4x4 -> 8x8 -> 16x16).
@@ -248,7 +252,7 @@ class Generator(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# Losses (§1.2, with the author's reductions from §4.1-4.2: the published numbers use them).
+# Losses (Section 3.1, Eq. 1), with the reductions of the author's solver.py: the published numbers use them.
 
 def kl_divergence(student_logits, teacher_logits, temperature=1.0):
     """KL(teacher || student), averaged over batch *and* classes like the author's F.kl_div
@@ -264,7 +268,8 @@ def attention_map(a):
 
 
 def attention_loss(student_acts, teacher_acts):
-    """Sum over layers of the *squared* map difference averaged over batch and positions (§4.2)."""
+    """Sum over layers of the *squared* map difference averaged over batch and positions (the author's
+    attention_diff; Eq. 1 has the non-squared norm)."""
     return sum((attention_map(s) - attention_map(t)).pow(2).mean() for s, t in zip(student_acts, teacher_acts))
 
 
@@ -283,15 +288,15 @@ def student_loss(student_logits, teacher_logits, student_acts, teacher_acts, bet
 
 @dataclass
 class Config:
-    """Paper / author-code defaults (§1.5); PRESETS below adapt them per dataset."""
+    """The paper's defaults (Section 4.1) as the author's scripts/ZeroShot/main*.sh set them; PRESETS adapt them."""
     batch_size: int = 128
     z_dim: int = 100
     n_g: int = 1
     n_s: int = 10
     beta: float = 250.0
     lr_student: float = 2e-3
-    lr_generator: float = 1e-3  # the author's code; the paper says 2e-3 (§4.3)
-    grad_clip: float = 5.0      # the author's code; not in the paper (§4.4)
+    lr_generator: float = 1e-3  # the author's scripts; the paper says 2e-3
+    grad_clip: float = 5.0      # the author's solver.py; not in the paper
     temperature: float = 1.0
     iterations: int = 80_000
     dataset: str = "cifar10"
@@ -299,12 +304,13 @@ class Config:
     student: str = "wrn-16-1"
     seed: int = 0
     amp: bool = False
+    compile: bool = False
     log_every: int = 1_000
     checkpoint_every: int = 1_000
-    mte_images: int = 1_000     # transition curves at the end of a run (§3): N, K, xi
+    mte_images: int = 1_000     # transition curves at the end of a run (Section 4.4): N, K, xi
     mte_steps: int = 100
     mte_step_size: float = 1.0
-    mte_targets: str = "predicted"  # or "label", the author's rule (§3)
+    mte_targets: str = "label"  # the author's rule, which produced Table 2; "predicted" is the paper's text
 
 
 PRESETS = {
@@ -329,42 +335,58 @@ def autocast(device, enabled):
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def zero_shot_iteration(teacher, student, generator, opt_student, opt_generator, cfg):
-    """One outer iteration of Algorithm 1; returns the last generator and student losses.
+def generator_step(teacher, student, generator, z, opt_generator, cfg):
+    """Algorithm 1, generator update: one Adam step on L_G = -KL(T(x_p) || S(x_p)), x_p = G(z).
+    autograd.grad asks for the generator's gradients only, so no weight gradient of the teacher or
+    the student is computed (the author's backward() computes both and discards them)."""
+    params = list(generator.parameters())
+    with autocast(z.device, cfg.amp):
+        x = generator(z)
+        loss = generator_loss(student(x)[0], teacher(x)[0], cfg.temperature)
+    for p, g in zip(params, torch.autograd.grad(loss, params)):
+        p.grad = g
+    nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    opt_generator.step()
+    return loss.detach()
 
-    The same maths as the author's loop at a fraction of the cost: generator steps compute no
-    teacher or student weight gradients, and the student steps train on a detached pseudo batch
-    with teacher outputs computed once, instead of re-running the generator with autograd.
-    """
+
+def student_step(student, x, t_logits, t_acts, opt_student, cfg):
+    """Algorithm 1, student update: one Adam step on L_S = KL(T(x_p) || S(x_p)) + beta * AT (Eq. 1)."""
+    with autocast(x.device, cfg.amp):
+        s_logits, s_acts = student(x)
+        loss = student_loss(s_logits, t_logits, s_acts, t_acts, cfg.beta, cfg.temperature)
+    opt_student.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
+    opt_student.step()
+    return loss.detach(), s_logits.detach()
+
+
+def zero_shot_iteration(teacher, student, generator, opt_student, opt_generator, cfg):
+    """One outer iteration of Algorithm 1: n_g generator steps, then n_s student steps on the pseudo
+    batch of the updated generator, whose teacher outputs are computed once (the author re-runs the
+    generator with autograd in every student step: the same maths at a higher cost). Returns device
+    tensors, so nothing waits for the device: the last losses, the teacher's and student's mean
+    top-class probability on the pseudo batch and the teacher's class counts (the author logs these)."""
     device = next(student.parameters()).device
     z = torch.randn(cfg.batch_size, cfg.z_dim, device=device)
-    gen_params = list(generator.parameters())
-    loss_g = loss_s = torch.tensor(float("nan"))  # reported as nan when n_g or n_s is 0
+    loss_g = loss_s = s_confidence = torch.full((), float("nan"), device=device)  # nan when n_g or n_s is 0
     for _ in range(cfg.n_g):
-        with autocast(device, cfg.amp):
-            x = generator(z)
-            loss_g = generator_loss(student(x)[0], teacher(x)[0], cfg.temperature)
-        # autograd.grad asks only for generator gradients, so no weight gradients of S or T are computed.
-        for p, g in zip(gen_params, torch.autograd.grad(loss_g, gen_params)):
-            p.grad = g
-        nn.utils.clip_grad_norm_(gen_params, cfg.grad_clip)
-        opt_generator.step()
+        loss_g = generator_step(teacher, student, generator, z, opt_generator, cfg)
     with torch.no_grad(), autocast(device, cfg.amp):
-        x = generator(z)  # the pseudo batch of the updated generator, fixed for the n_s steps
+        x = generator(z)  # the pseudo batch, fixed for the n_s steps
         t_logits, t_acts = teacher(x)
     for _ in range(cfg.n_s):
-        with autocast(device, cfg.amp):
-            s_logits, s_acts = student(x)
-            loss_s = student_loss(s_logits, t_logits, s_acts, t_acts, cfg.beta, cfg.temperature)
-        opt_student.zero_grad(set_to_none=True)
-        loss_s.backward()
-        nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
-        opt_student.step()
-    return {"loss_generator": loss_g.item(), "loss_student": loss_s.item()}
+        loss_s, s_logits = student_step(student, x, t_logits, t_acts, opt_student, cfg)
+        s_confidence = s_logits.float().softmax(1).amax(1).mean()
+    t_prob = t_logits.float().softmax(1)
+    return {"loss_generator": loss_g, "loss_student": loss_s,
+            "teacher_confidence": t_prob.amax(1).mean(), "student_confidence": s_confidence,
+            "teacher_classes": torch.bincount(t_prob.argmax(1), minlength=t_prob.shape[1]).float()}
 
 
 # ----------------------------------------------------------------------------------------------
-# Evaluation: test accuracy (§4.9), transition curves and Mean Transition Error (§3, Algorithm 2).
+# Evaluation: test accuracy, transition curves and Mean Transition Error (Section 4.4, Algorithm 2).
 
 @contextlib.contextmanager
 def eval_mode(model):
@@ -417,273 +439,198 @@ def transition_curves(stepped, observed, x, steps=100, step_size=1.0, labels=Non
             ref = stepped(x)[0].argmax(1) if labels is None else labels.to(device)
         targets = (ref[:, None] + torch.arange(1, C, device=device)) % C  # (N, C-1)
         xs, ts = x.repeat_interleave(C - 1, 0), targets.flatten()
-        curves = torch.empty(2, len(ts), steps)
+        curves = torch.empty(2, len(ts), steps, device=device)  # on the device: one copy at the end, no sync per step
         for i in range(0, len(ts), chunk_size):
             xk, tk = xs[i:i + chunk_size].clone(), ts[i:i + chunk_size]
             for k in range(steps):
                 xk.requires_grad_(True)
                 logits = stepped(xk)[0]
                 with torch.no_grad():
-                    curves[0, i:i + len(tk), k] = logits.softmax(1).gather(1, tk[:, None])[:, 0].cpu()
-                    curves[1, i:i + len(tk), k] = observed(xk)[0].softmax(1).gather(1, tk[:, None])[:, 0].cpu()
+                    curves[0, i:i + len(tk), k] = logits.float().softmax(1).gather(1, tk[:, None])[:, 0]
+                    curves[1, i:i + len(tk), k] = observed(xk)[0].float().softmax(1).gather(1, tk[:, None])[:, 0]
                 if k < steps - 1:  # the last update would never be recorded
                     # grad w.r.t. the images only: no weight gradient is computed, the networks stay frozen
                     grad, = torch.autograd.grad(F.cross_entropy(logits, tk, reduction="sum"), xk)
                     xk = (xk - step_size * grad).detach()
-    return curves.view(2, len(x), C - 1, steps).unbind(0)
+    return curves.cpu().view(2, len(x), C - 1, steps).unbind(0)
 
 
 def mean_transition_error(p_stepped, p_observed):
-    """MTE: mean over images, targets and steps of |p_j^stepped - p_j^observed| (§3)."""
+    """MTE: mean over images, targets and steps of |p_j^stepped - p_j^observed| (Section 4.4)."""
     return (torch.as_tensor(p_stepped) - torch.as_tensor(p_observed)).abs().mean().item()
 
 
-def plot_transition_curves(panels, path):
-    """Figure 4: per panel (title, p_stepped, p_observed), the mean curves of both networks with
-    +-2 standard-error bands. matplotlib is optional: without it, one line and no plot."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed, so no transition-curve plot (pip install matplotlib)")
-        return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), dpi=100, squeeze=False)
-    for ax, (title, p_stepped, p_observed) in zip(axes[0], panels):
-        for p, name in ((p_stepped, "stepped"), (p_observed, "observed (teacher)")):
-            p = torch.as_tensor(p).flatten(0, 1)  # (N * (C-1), steps)
-            mean, se = p.mean(0), p.std(0, unbiased=False) / math.sqrt(len(p))
-            ax.plot(mean, label=name)
-            ax.fill_between(range(p.shape[1]), mean - 2 * se, mean + 2 * se, alpha=.3)
-        ax.set(xlabel="step k", ylabel="p_j of target class j", ylim=(0, 1),
-               title=f"{title}: MTE = {mean_transition_error(p_stepped, p_observed):.3f}")
-        ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
 # ----------------------------------------------------------------------------------------------
-# Checkpoints: tensors and plain Python types only, so every load can be weights_only=True.
+# Checkpoints and run directories. Files hold tensors and plain Python types only, so every load
+# can be weights_only=True.
 
 def default_teacher_path(dataset, arch, data_dir="./data"):
-    """Where train_teacher.py saves a teacher by default, and where zskt.py looks for it."""
-    name = f"folder-{Path(data_dir).resolve().name}" if dataset == "folder" else dataset
-    return Path("checkpoints") / f"{name}-{arch}.pt"
+    """Where train_teacher.py saves a teacher by default, and where zskt.py looks for it. A folder's
+    name carries a hash of its full path, so two folders called `images` never share a teacher."""
+    if dataset == "folder":
+        where = Path(data_dir).resolve()
+        dataset = f"folder-{where.name}-{hashlib.sha1(str(where).encode()).hexdigest()[:6]}"
+    return Path("checkpoints") / f"{dataset}-{arch}.pt"
 
 
-def save_atomic(obj, path):
-    """torch.save through a temporary file and os.replace: a crash never leaves half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path):
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"no checkpoint file at {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for bad files; all mean the same to a user
-        if "weights_only" in str(e) or "Weights only" in str(e):
-            raise UserError(f"{path} holds pickled Python objects, which are not loaded because "
-                            f"unpickling can run arbitrary code; re-save it as a dict of tensors, "
-                            f"e.g. {{'state_dict': model.state_dict()}}") from None
-        raise UserError(f"{path} is truncated or corrupt and cannot be read ({type(e).__name__}); "
-                        f"re-create it or use another checkpoint") from None
-
-
-def model_checkpoint(model, arch, dataset, mean, std, **meta):
+def model_checkpoint(model, arch, dataset, mean, std, image_size=None, **meta):
     """The author's format (a dict with 'state_dict') plus plain metadata."""
-    return {"state_dict": model.state_dict(), "arch": arch, "num_classes": model.fc.out_features,
-            "dataset": dataset, "mean": list(mean), "std": list(std), **meta}
+    return {"state_dict": model.state_dict(), "arch": arch, "num_classes": model.fc.out_features, "dataset": dataset,
+            "mean": [float(m) for m in mean], "std": [float(s) for s in std], "image_size": image_size, **meta}
 
 
 def load_model(path, arch=None, num_classes=None):
-    """A WideResNet from a checkpoint (ours or the author's); returns (model, checkpoint dict).
-    The architecture is read off the weights; a mismatch with `arch` / `num_classes` is refused."""
+    """A WideResNet from a checkpoint: ours, the author's teachers and KD+AT students ('state_dict')
+    or the author's zero-shot students ('student_state_dict'). Returns (model, metadata); the
+    architecture is read off the weights, and a mismatch with `arch` / `num_classes` is refused."""
     ckpt = load_checkpoint(path)
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    ckpt = ckpt if isinstance(ckpt, dict) else {}
+    state = ckpt.get("state_dict", ckpt.get("student_state_dict", ckpt))
     if isinstance(state, dict):  # checkpoints saved from nn.DataParallel prefix every key
         state = {k.removeprefix("module."): v for k, v in state.items()}
     found, classes = infer_arch(state) if isinstance(state, dict) else (None, None)
     if found is None:
+        for key, name in (("model", "model.pt"), ("student", "student.pt")):  # train_teacher.py / zskt.py runs
+            if key in ckpt and "rng" in ckpt:
+                raise UserError(f"{path} is a run's checkpoint for --resume; the trained model is in "
+                                f"{Path(path).with_name(name)} next to it")
         raise UserError(f"{path} does not hold a WideResNet state dict")
     if (arch and arch != found) or (num_classes and num_classes != classes):
         raise UserError(f"{path} holds a {found} with {classes} classes, but a {arch or found} with "
                         f"{num_classes or classes} classes was expected; pass the matching architecture or file")
     model = wrn(found, classes)
     model.load_state_dict(state)
-    return model, (ckpt if "state_dict" in ckpt else {"state_dict": state})
-
-
-def rng_state():
-    return {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(np.random.get_state()[1].copy()),
-            "numpy_pos": int(np.random.get_state()[2]), "python": list(random.getstate()[1]),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def set_rng_state(s):
-    torch.set_rng_state(s["torch"])
-    np.random.set_state(("MT19937", s["numpy"].numpy(), s["numpy_pos"], 0, 0.0))
-    random.setstate((3, tuple(s["python"]), None))
-    if s["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-
-
-def seed_everything(seed):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def prepare_run_dir(out, resume=False, overwrite=False):
-    """An existing run directory is never reused or deleted unless the user asked for it."""
-    out = Path(out)
-    if resume:
-        if not (out / "checkpoint.pt").is_file():
-            raise UserError(f"--resume: there is no checkpoint.pt in {out} to resume from")
-        return out
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise UserError(f"{out} already holds files; pass --resume to continue that run, "
-                            f"--overwrite to replace it, or another --out")
-        import shutil
-        shutil.rmtree(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / ".write-test").touch()
-        (out / ".write-test").unlink()
-    except OSError as e:
-        raise UserError(f"cannot write to output directory {out} ({e.strerror}); pass a writable --out") from None
-    return out
-
-
-class StopOnSignal:
-    """Turns the first SIGINT/SIGTERM into a flag the training loop checks after each step, so it
-    can save a checkpoint and exit cleanly; a second Ctrl-C interrupts at once."""
-
-    def __enter__(self):
-        self.signal, self.previous = None, {}
-        for s in (signal.SIGINT, signal.SIGTERM):
-            self.previous[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.signal = signal.Signals(signum).name
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    def __exit__(self, *exc):
-        for s, h in self.previous.items():
-            signal.signal(s, h)
-
-
-def resolve_device(name=None):
-    if name in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name} was asked for, but CUDA is not available here; use --device cpu")
-    return str(device)
-
-
-def check_finite(iteration, losses, out):
-    bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
-    if bad:
-        raise UserError(f"iteration {iteration}: {', '.join(f'{k} = {v}' for k, v in bad.items())} is not finite; "
-                        f"the last good checkpoint in {out} is intact (try a lower learning rate, or no --amp)")
-
-
-def run_cli(main):
-    """Entry point: a UserError becomes one line on stderr and exit status 2, Ctrl-C exits 130."""
-    try:
-        main()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt as e:
-        print(f"interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
-        sys.exit(130)
+    meta = {k: v for k, v in ckpt.items() if not k.endswith("state_dict")} if state is not ckpt else {}
+    if isinstance(meta.get("args"), argparse.Namespace) and "dataset" not in meta:  # the author's 'CIFAR10', 'SVHN'
+        meta["dataset"] = str(getattr(meta["args"], "dataset", "")).lower() or None
+    return model, meta
 
 
 # ----------------------------------------------------------------------------------------------
 # A training run: Algorithm 1 with logging, checkpoints, resume and the final MTE.
 
-def train_zero_shot(cfg, teacher, test_images, test_labels, mean, std, out, device="cpu", resume=False, log=print):
-    """Trains a student from `teacher` without data; writes the run directory `out` (metrics.csv,
-    samples_*.png, checkpoint.pt, student.pt, curves.npz, transition.png, summary.json)."""
-    out, cl = Path(out), torch.channels_last  # channels_last: ~1.3x faster convolutions on CPU too
-    out.mkdir(parents=True, exist_ok=True)
+class Run(NamedTuple):
+    student: nn.Module
+    generator: nn.Module
+    summary: dict
+
+
+def train_zero_shot(cfg, teacher, test_images, test_labels, mean, std, out, device=None, resume=False,
+                    overwrite=False, classes=None, teacher_checkpoint=None, data_dir="./data", log=print,
+                    resume_command=None):
+    """Trains a student from `teacher` without data. Writes the run directory `out`: config.json,
+    metrics.csv, samples_*.png, checkpoint.pt (every cfg.checkpoint_every iterations and on Ctrl-C),
+    then student.pt, curves.npz, transition.png and summary.json. An existing directory is refused
+    unless `resume` (continue from its checkpoint) or `overwrite`. config.json names the teacher file
+    (a copy, teacher.pt, when the teacher came from Python), so `python zskt.py --out OUT --resume`
+    continues any run. Returns Run(student, generator, summary)."""
+    device, out = resolve_device(device), Path(out)
+    validate(cfg)
+    resume_command = resume_command or command("zskt.py", "--out", out.resolve(), "--resume")
+    with run_lock(out):
+        prepare_run_dir(out, overwrite=overwrite) if not resume else None
+        state = load_checkpoint(out / "checkpoint.pt") if resume and (out / "checkpoint.pt").is_file() else None
+        if resume and state is None:
+            log(f"{out} holds no checkpoint yet, so this run starts from iteration 0")
+        if not (out / "config.json").is_file():
+            if teacher_checkpoint is None:
+                teacher_checkpoint = out / "teacher.pt"
+                save_atomic(model_checkpoint(teacher, infer_arch(teacher.state_dict())[0], cfg.dataset, mean, std,
+                                             test_images.shape[-1]), teacher_checkpoint)
+            write_json(out / "config.json", {"config": dataclasses.asdict(cfg), "seeds": [cfg.seed],
+                                             "teacher_checkpoint": str(Path(teacher_checkpoint).resolve()),
+                                             "data_dir": str(Path(data_dir).resolve())})
+        return _train(cfg, teacher, test_images, test_labels, mean, std, out, device, state, classes, log,
+                      resume_command)
+
+
+def _train(cfg, teacher, test_images, test_labels, mean, std, out, device, state, classes, log, resume_command):
+    cl, C = torch.channels_last, teacher.fc.out_features  # channels_last: ~1.3x faster convolutions on CPU too
     seed_everything(cfg.seed)
     teacher = teacher.to(device, memory_format=cl).eval().requires_grad_(False)
-    student = wrn(cfg.student, teacher.fc.out_features).to(device, memory_format=cl)
-    generator = Generator(cfg.z_dim, test_images.shape[-1]).to(device, memory_format=cl)  # train mode throughout (§4.7)
+    student = wrn(cfg.student, C).to(device, memory_format=cl)
+    generator = Generator(cfg.z_dim, test_images.shape[-1]).to(device, memory_format=cl)  # train mode throughout
     opt_s = torch.optim.Adam(student.parameters(), cfg.lr_student)
     opt_g = torch.optim.Adam(generator.parameters(), cfg.lr_generator)
-    # One cosine step per outer iteration, to 0 at the end (§4.8).
+    # One cosine step per outer iteration, to 0 at the end, as the author's solver.py.
     sched_s, sched_g = (torch.optim.lr_scheduler.CosineAnnealingLR(o, cfg.iterations) for o in (opt_s, opt_g))
     parts = {"student": student, "generator": generator, "opt_student": opt_s, "opt_generator": opt_g,
              "sched_student": sched_s, "sched_generator": sched_g}
-    start, seconds = 0, 0.0
-    if resume:
-        state = load_checkpoint(out / "checkpoint.pt")
+    start, seconds, sums, count, last = 0, 0.0, {}, 0, {}
+    if state is not None:
         for k, v in parts.items():
             v.load_state_dict(state[k])
-        start, seconds = state["iteration"], state["seconds"]
+        start, seconds, count = state["iteration"], state["seconds"], state["count"]
+        sums, last = ({k: v.to(device) for k, v in state[d].items()} for d in ("sums", "last"))
         set_rng_state(state["rng"])
+    networks = [torch.compile(m) if cfg.compile else m for m in (teacher, student, generator)]  # same parameters
     t_pred = predict(teacher, test_images, mean, std)
     teacher_acc = (t_pred == test_labels).float().mean().item()
     z_grid = torch.randn(64, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
     metrics = out / "metrics.csv"
-    if resume and metrics.exists():  # drop rows logged after the checkpoint we resume from
-        rows = [r for r in csv.DictReader(metrics.open()) if int(r["iteration"]) <= start]
-    else:
-        rows = []
+    rows = [r for r in csv.DictReader(metrics.open()) if int(r["iteration"]) <= start] if metrics.exists() else []
 
-    def checkpoint(iteration, elapsed):
-        save_atomic({"iteration": iteration, "seconds": elapsed, "config": dataclasses.asdict(cfg),
-                     "rng": rng_state(), **{k: v.state_dict() for k, v in parts.items()}}, out / "checkpoint.pt")
+    def checkpoint(iteration):
+        save_atomic({"iteration": iteration, "seconds": time.time() - t0, "config": dataclasses.asdict(cfg),
+                     "rng": rng_state(), "sums": sums, "count": count, "last": last,
+                     **{k: v.state_dict() for k, v in parts.items()}}, out / "checkpoint.pt")
+        stop.saved = f"the last checkpoint, {out / 'checkpoint.pt'} (iteration {iteration}), stays"
 
     log(f"teacher {cfg.teacher}: {teacher_acc:.2%} test accuracy | student {cfg.student} | "
         f"{cfg.iterations} iterations from {start} on {device}")
-    t0, last = time.time() - seconds, time.time()
-    with StopOnSignal() as stop:
+    t0, t_start = time.time() - seconds, time.time()
+    with StopOnSignal(f"the last checkpoint, {out / 'checkpoint.pt'} (iteration {start}), stays" if state else
+                      "no checkpoint had been written yet") as stop:
         for it in range(start + 1, cfg.iterations + 1):
-            losses = zero_shot_iteration(teacher, student, generator, opt_s, opt_g, cfg)
-            check_finite(it, losses, out)
+            last = zero_shot_iteration(*networks, opt_s, opt_g, cfg)
+            sums, count = {k: sums.get(k, 0) + v for k, v in last.items()}, count + 1  # on the device: no sync
             sched_s.step(), sched_g.step()
-            if it % cfg.log_every == 0 or it == cfg.iterations:
+            log_now = it % cfg.log_every == 0 or it == cfg.iterations
+            save_now = it % cfg.checkpoint_every == 0 or it == cfg.iterations or stop.signal
+            if not (log_now or save_now):
+                continue
+            means = {k: v / count for k, v in sums.items()}
+            bad = [k for k in ("loss_generator", "loss_student") if not torch.isfinite(means[k])]
+            if bad:  # checked before the checkpoint is written, so the last good one stays
+                raise UserError(f"{' and '.join(bad)} became nan or inf in iterations {it - count + 1}-{it}; "
+                                f"{stop.saved.replace('stays', 'is intact')} (try a lower learning rate, or no --amp)")
+            if log_now:
                 s_pred = predict(student, test_images, mean, std)
-                rows.append({"iteration": it, **losses, "student_test_acc": (s_pred == test_labels).float().mean().item(),
-                             "agreement": (s_pred == t_pred).float().mean().item(), "seconds": time.time() - t0})
+                hist = (means.pop("teacher_classes") / cfg.batch_size).tolist()
+                rows.append({"iteration": it, **{k: v.item() for k, v in means.items()},
+                             "student_test_acc": (s_pred == test_labels).float().mean().item(),
+                             "agreement": (s_pred == t_pred).float().mean().item(),
+                             "lr_student": sched_s.get_last_lr()[0], "lr_generator": sched_g.get_last_lr()[0],
+                             **{f"teacher_class_{c}": h for c, h in enumerate(hist)}, "seconds": time.time() - t0})
                 write_csv(metrics, rows)
                 save_samples(generator, z_grid, mean, std, out / f"samples_{it:06d}.png")
-                rate = (it - start) / (time.time() - last)
-                log(f"it {it}/{cfg.iterations} | loss_G {losses['loss_generator']:.4f} | "
-                    f"loss_S {losses['loss_student']:.4f} | student {rows[-1]['student_test_acc']:.2%} "
+                rate = (it - start) / (time.time() - t_start)
+                log(f"it {it}/{cfg.iterations} | loss_G {rows[-1]['loss_generator']:.4f} | "
+                    f"loss_S {rows[-1]['loss_student']:.4f} | student {rows[-1]['student_test_acc']:.2%} "
                     f"(agrees with teacher {rows[-1]['agreement']:.2%}) | {rate:.2f} it/s | "
                     f"ETA {format_time((cfg.iterations - it) / rate)}")
-            if it % cfg.checkpoint_every == 0 or it == cfg.iterations or stop.signal:
-                checkpoint(it, time.time() - t0)
+                sums, count = {}, 0
+            if save_now:
+                checkpoint(it)
             if stop.signal:
-                raise KeyboardInterrupt(f"{stop.signal} after iteration {it}; checkpoint saved; "
-                                        f"continue with: python zskt.py --out {out} --resume")
-    student_acc = accuracy(student, test_images, test_labels, mean, std)
-    save_atomic(model_checkpoint(student, cfg.student, cfg.dataset, mean, std, test_acc=student_acc,
-                                 seed=cfg.seed, iterations=cfg.iterations), out / "student.pt")
-    mte, _, _ = transition_report(student, teacher, test_images, test_labels, mean, std, cfg, out)
+                raise Stopped(f"{stop.signal} after iteration {it}; checkpoint saved; continue with: {resume_command}",
+                              stop.signum)
+    s_pred = predict(student, test_images, mean, std)
+    student_acc = (s_pred == test_labels).float().mean().item()
+    save_atomic(model_checkpoint(student, cfg.student, cfg.dataset, mean, std, test_images.shape[-1],
+                                 test_acc=student_acc, seed=cfg.seed, iterations=cfg.iterations), out / "student.pt")
+    mte = transition_report(student, teacher, test_images, test_labels, mean, std, cfg, out)[0]
+    per_class = lambda pred: [(pred[test_labels == c] == c).float().mean().item() for c in range(C)]
     summary = {"dataset": cfg.dataset, "teacher": cfg.teacher, "student": cfg.student, "iterations": cfg.iterations,
-               "seed": cfg.seed, "device": device, "teacher_test_acc": teacher_acc, "student_test_acc": student_acc,
-               "student_teacher_ratio": student_acc / max(teacher_acc, 1e-12), "mte": mte,
-               "seconds": time.time() - t0, "config": dataclasses.asdict(cfg)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+               "seed": cfg.seed, "device": device, "device_name": device_name(device), "teacher_test_acc": teacher_acc,
+               "student_test_acc": student_acc, "student_teacher_ratio": student_acc / max(teacher_acc, 1e-12),
+               "mte": mte, "seconds": time.time() - t0,
+               "classes": list(classes or range(C)), "teacher_per_class_acc": per_class(t_pred),
+               "student_per_class_acc": per_class(s_pred),
+               "teacher_classes_last_pseudo_batch": last["teacher_classes"].int().tolist() if last else None,
+               "config": dataclasses.asdict(cfg)}
+    write_json(out / "summary.json", summary)
+    return Run(student, generator, summary)
 
 
 def transition_report(stepped, observed, images, labels, mean, std, cfg, out, title="student"):
@@ -706,17 +653,6 @@ def save_samples(generator, z, mean, std, path):
     torchvision.utils.save_image(denormalize(generator(z), mean, std), path, nrow=8)
 
 
-def write_csv(path, rows):
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-
-
-def format_time(s):
-    return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m" if s >= 3600 else f"{int(s // 60)}m{int(s % 60):02d}s"
-
-
 # ----------------------------------------------------------------------------------------------
 # Command line.
 
@@ -725,148 +661,239 @@ def validate(cfg):
     at_least = dict(iterations=1, batch_size=2, n_g=1, n_s=1, z_dim=1, log_every=1, checkpoint_every=1, mte_steps=1,
                     beta=0, mte_images=0)
     for name, low in at_least.items():
-        if getattr(cfg, name) < low:
+        if not getattr(cfg, name) >= low or (name == "beta" and not math.isfinite(cfg.beta)):
             raise UserError(f"--{name.replace('_', '-')} must be at least {low}, not {getattr(cfg, name)}"
                             + (" (BatchNorm needs two examples)" if name == "batch_size" else ""))
     for name in ("lr_student", "lr_generator", "grad_clip", "temperature", "mte_step_size"):
-        if not getattr(cfg, name) > 0:
-            raise UserError(f"--{name.replace('_', '-')} must be positive, not {getattr(cfg, name)}")
-    if cfg.mte_targets not in ("predicted", "label"):
-        raise UserError(f"--mte-targets must be 'predicted' (the paper) or 'label' (the author's code), not {cfg.mte_targets!r}")
+        if not 0 < getattr(cfg, name) < math.inf:
+            raise UserError(f"--{name.replace('_', '-')} must be a positive number, not {getattr(cfg, name)}")
+    if cfg.mte_targets not in ("label", "predicted"):
+        raise UserError(f"--mte-targets must be 'label' (the author's code) or 'predicted' (the paper's text), "
+                        f"not {cfg.mte_targets!r}")
     wrn(cfg.teacher), wrn(cfg.student)  # raise on unknown names
     return cfg
 
 
+HELP = {  # one line per Config field, in words, with the paper's symbol where it has one
+    "batch_size": "pseudo images per batch (the author's scripts: 128; the paper does not say)",
+    "z_dim": "dimension of the generator's input noise z",
+    "n_g": "generator steps per pseudo batch (n_G in Algorithm 1)",
+    "n_s": "student steps per pseudo batch (n_S in Algorithm 1)",
+    "beta": "weight of the attention-transfer term (beta in Eq. 1; 0 turns it off)",
+    "lr_student": "student's Adam learning rate, cosine-annealed to 0",
+    "lr_generator": "generator's Adam learning rate, cosine-annealed to 0 (the author's 1e-3; the paper says 2e-3)",
+    "grad_clip": "gradient-norm clipping of generator and student (the author's code; not in the paper)",
+    "temperature": "softmax temperature of the KL term",
+    "iterations": "outer iterations (N in Algorithm 1)",
+    "teacher": "teacher architecture wrn-DEPTH-WIDTH; by default read from the teacher's file",
+    "student": "student architecture wrn-DEPTH-WIDTH",
+    "seed": "random seed of the student's and generator's initialisation and of z",
+    "amp": "bf16 autocast for the networks' forward passes, losses in fp32 (opt-in)",
+    "compile": "torch.compile the three networks (opt-in; see the README's Benchmarks for when it pays off)",
+    "log_every": "iterations between test evaluations, metrics.csv rows and sample grids",
+    "checkpoint_every": "iterations between checkpoints (one is also written at the end and on Ctrl-C)",
+    "mte_images": "test images for the final transition curves and MTE (N in Section 4.4; 0 skips them)",
+    "mte_steps": "gradient steps per transition curve (K in Section 4.4)",
+    "mte_step_size": "step size of those steps (xi in Section 4.4)",
+    "mte_targets": "label: target classes skip the true label (the author's code, which produced Table 2); "
+                   "predicted: skip the class both networks predict (the paper's text)",
+}
+
+
 def parse_args(argv):
-    p = argparse.ArgumentParser(description="Zero-shot knowledge transfer (Micaelli & Storkey, 2019). "
-                                "`python zskt.py curves -h` for transition curves of two checkpoints.")
-    p.add_argument("--dataset", choices=DATASETS, help="default: shapes, the built-in offline dataset")
+    """(args, the Config fields given on the command line). --help shows the defaults of the dataset
+    named by --dataset (shapes when none is)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--dataset")
+    dataset = pre.parse_known_args(argv)[0].dataset
+    defaults = make_config(dataset if dataset in PRESETS else "shapes")
+    p = argparse.ArgumentParser(description="Zero-shot knowledge transfer (Micaelli & Storkey, NeurIPS 2019): "
+                                "train a student to match a teacher without any data. `python zskt.py curves -h`: "
+                                "transition curves of saved networks.")
+    p.add_argument("--dataset", choices=DATASETS, help="shapes: the built-in offline dataset (default); cifar10, "
+                   "svhn: downloaded to --data-dir; folder: your images in --data-dir/{train,test}/<class>/")
     for f in dataclasses.fields(Config):
-        if f.name != "dataset":
-            flag = "--" + f.name.replace("_", "-")
-            if f.type is bool:
-                p.add_argument(flag, action="store_const", const=True, default=None, help="bf16 autocast")
-            else:
-                p.add_argument(flag, type=f.type, default=None, help=f"default {f.default} (dataset presets may differ)")
-    p.add_argument("--seeds", type=int, nargs="+", help="several runs, one subdirectory each, plus aggregate.json")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--data-dir", default="./data")
-    p.add_argument("--teacher-checkpoint", help="default: where train_teacher.py saves it")
-    p.add_argument("--out", help="run directory (default: runs/<dataset>-<teacher>-<student>-<time>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+        if f.name == "dataset":
+            continue
+        flag, default = "--" + f.name.replace("_", "-"), getattr(defaults, f.name)
+        text = f"{HELP[f.name]} (default for {defaults.dataset}: {default})"
+        if f.type is bool:
+            p.add_argument(flag, action="store_const", const=True, help=text)
+        else:
+            p.add_argument(flag, type=f.type, help=text, choices=("label", "predicted") if f.name == "mte_targets" else None)
+    p.add_argument("--seeds", type=int, nargs="+", help="several runs one after another, seed<k>/ each, and "
+                   "aggregate.json with the mean and population std over seeds (instead of --seed)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:N or mps")
+    p.add_argument("--data-dir", help="where the datasets are, or are downloaded to (default ./data)")
+    p.add_argument("--teacher-checkpoint", help="the teacher's file, ours or the author's (default: where "
+                   "train_teacher.py saves it, checkpoints/<dataset>-<arch>.pt)")
+    p.add_argument("--allow-dataset-mismatch", action="store_true",
+                   help="use a teacher whose file says it was trained on another dataset or image size")
+    p.add_argument("--out", help="run directory (default runs/<dataset>-<teacher>-<student>-<date>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="delete what --out holds and start afresh")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    return args, {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if getattr(args, f.name) is not None}
+
+
+def read_run(out):
+    """The config.json of a run directory, for --resume."""
+    path = Path(out) / "config.json"
+    if not path.is_file():
+        raise UserError(f"--resume needs --out to be a zskt.py run directory, and {path} does not exist")
+    return json.loads(path.read_text())
+
+
+def check_teacher(meta, dataset, image_size, path, allow):
+    """A teacher trained on other data is refused, naming both, unless --allow-dataset-mismatch."""
+    trained = [(k, meta[k]) for k, v in (("dataset", dataset), ("image_size", image_size)) if meta.get(k) not in (None, v)]
+    if trained and not allow:
+        raise UserError(f"{path} was trained on {', '.join(f'{k} {v}' for k, v in trained)}, but this run uses "
+                        f"dataset {dataset} (image size {image_size}); pass the matching --dataset, another "
+                        f"--teacher-checkpoint, or --allow-dataset-mismatch")
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
+    argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["curves"]:
         return curves_main(argv[1:])
-    args = parse_args(argv)
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if getattr(args, f.name) is not None}
+    args, given = parse_args(argv)
     device = resolve_device(args.device)
     if device.startswith("cuda"):
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = True  # fastest kernels, at the price of bit-exact reruns
     if args.resume:
-        saved_file = Path(args.out or "") / "config.json"
-        if not args.out or not saved_file.is_file():
-            raise UserError("--resume needs --out pointing at a zskt.py run directory (one with config.json)")
-        saved = json.loads(saved_file.read_text())
-        given["teacher_checkpoint"] = args.teacher_checkpoint
-        diff = [f"{k}={saved['config'].get(k, saved.get(k))!r} (saved) vs {v!r} (given)" for k, v in given.items()
-                if v is not None and saved["config"].get(k, saved.get(k)) != v]
-        if diff or (args.seeds and args.seeds != saved["seeds"]):
-            raise UserError(f"--resume: the flags contradict the saved run: {'; '.join(diff) or 'seeds differ'}; "
+        if not args.out:
+            raise UserError("--resume needs --out, the run directory to continue")
+        saved = read_run(args.out)
+        paths = {"teacher_checkpoint": args.teacher_checkpoint, "data_dir": args.data_dir}
+        diff = [f"{k}={saved['config'].get(k)!r} (saved) vs {v!r} (given)" for k, v in given.items()
+                if saved["config"].get(k) != v]
+        diff += [f"{k}={saved[k]} (saved) vs {Path(v).resolve()} (given)" for k, v in paths.items()
+                 if v is not None and Path(v).resolve() != Path(saved[k])]
+        diff += [f"seeds={saved['seeds']} (saved) vs {args.seeds} (given)"] if args.seeds not in (None, saved["seeds"]) else []
+        if diff:
+            raise UserError(f"--resume: the flags contradict the saved run: {'; '.join(diff)}; "
                             f"drop those flags or start a new --out")
-        cfg, seeds, args.teacher_checkpoint = Config(**saved["config"]), saved["seeds"], saved["teacher_checkpoint"]
+        cfg, seeds = Config(**saved["config"]), saved["seeds"]
+        teacher_path, data_dir = Path(saved["teacher_checkpoint"]), Path(saved["data_dir"])
     else:
+        if args.seeds and "seed" in given:
+            raise UserError("--seed and --seeds contradict each other; pass one of them")
+        if args.seeds and len(set(args.seeds)) < len(args.seeds):
+            raise UserError(f"--seeds {' '.join(map(str, args.seeds))} repeats a seed; give each seed once")
         cfg = validate(make_config(**{"dataset": "shapes", **given}))
-        seeds = args.seeds or [cfg.seed]
-    out = Path(args.out or f"runs/{cfg.dataset}-{cfg.teacher}-{cfg.student}-{time.strftime('%Y%m%d-%H%M%S')}")
-    teacher_path = Path(args.teacher_checkpoint or default_teacher_path(cfg.dataset, cfg.teacher, args.data_dir))
+        seeds, data_dir = args.seeds or [cfg.seed], Path(args.data_dir or "./data").resolve()
+        teacher_path = Path(args.teacher_checkpoint or default_teacher_path(cfg.dataset, cfg.teacher, data_dir)).resolve()
     if not teacher_path.is_file():
-        raise UserError(f"no teacher checkpoint at {teacher_path}; train one with: python train_teacher.py "
-                        f"--dataset {cfg.dataset} --arch {cfg.teacher}" +
-                        (f" --data-dir {args.data_dir}" if cfg.dataset == "folder" else "") +
+        raise UserError(f"no teacher checkpoint at {teacher_path}; train one with: " +
+                        command("train_teacher.py", "--dataset", cfg.dataset, "--arch", cfg.teacher,
+                                *(["--data-dir", data_dir] if cfg.dataset == "folder" else [])) +
                         ", or pass --teacher-checkpoint")
-    test_images, test_labels, classes = load_dataset(cfg.dataset, "test", args.data_dir)
+    test_images, test_labels, classes = load_dataset(cfg.dataset, "test", data_dir)
     # The architecture comes from the file unless --teacher was given explicitly.
     teacher, meta = load_model(teacher_path, given.get("teacher"), len(classes))
+    check_teacher(meta, cfg.dataset, test_images.shape[-1], teacher_path, args.allow_dataset_mismatch or args.resume)
     cfg.teacher = infer_arch(teacher.state_dict())[0]
     if "mean" not in meta and cfg.dataset not in MEAN_STD:
         raise UserError(f"{teacher_path} stores no normalisation constants; re-train it with train_teacher.py")
     mean, std = (meta["mean"], meta["std"]) if "mean" in meta else MEAN_STD[cfg.dataset]
-    if not args.resume:
-        prepare_run_dir(out, overwrite=args.overwrite)
-        (out / "config.json").write_text(json.dumps({"config": dataclasses.asdict(cfg), "seeds": seeds,
-                                                     "teacher_checkpoint": str(teacher_path)}, indent=2))
-    summaries = []
-    for seed in seeds:
-        run_dir = out if len(seeds) == 1 else out / f"seed{seed}"
-        if len(seeds) > 1 and (run_dir / "summary.json").is_file():
-            summaries.append(json.loads((run_dir / "summary.json").read_text()))
-            continue
-        resume_this = args.resume and (run_dir / "checkpoint.pt").is_file()
-        run_dir.mkdir(exist_ok=True)
-        summaries.append(train_zero_shot(dataclasses.replace(cfg, seed=seed), teacher, test_images, test_labels,
-                                         mean, std, run_dir, device, resume=resume_this))
-    if len(seeds) > 1:
-        agg = {k: {"mean": float(np.mean([s[k] for s in summaries])), "std": float(np.std([s[k] for s in summaries]))}
-               for k in ("teacher_test_acc", "student_test_acc", "mte")}  # np.std: population std, as the paper
-        (out / "aggregate.json").write_text(json.dumps({"seeds": seeds, **agg}, indent=2))
+    out = Path(args.out or f"runs/{cfg.dataset}-{cfg.teacher}-{cfg.student}-{time.strftime('%Y%m%d-%H%M%S')}")
+    hint = command("zskt.py", "--out", out.resolve(), "--resume")
+
+    def run(seed, run_dir, resume):
+        return train_zero_shot(dataclasses.replace(cfg, seed=seed), teacher, test_images, test_labels, mean, std,
+                               run_dir, device, resume, args.overwrite, classes, teacher_path, data_dir,
+                               resume_command=hint).summary
+
+    if len(seeds) == 1:
+        return report([run(seeds[0], out, args.resume)], out)
+    with run_lock(out):
+        if not args.resume:
+            prepare_run_dir(out, overwrite=args.overwrite)
+            write_json(out / "config.json", {"config": dataclasses.asdict(cfg), "seeds": seeds,
+                                             "teacher_checkpoint": str(teacher_path), "data_dir": str(data_dir)})
+        summaries = []
+        for i, seed in enumerate(seeds, 1):
+            sub = out / f"seed{seed}"
+            done = (sub / "summary.json").is_file()
+            print(f"== seed {seed} ({i} of {len(seeds)}): {sub}" + (", finished earlier" if done else ""))
+            summaries.append(json.loads((sub / "summary.json").read_text()) if done else run(seed, sub, sub.exists()))
+        write_json(out / "aggregate.json", {"seeds": seeds, **{k: mean_std([s[k] for s in summaries]) for k in
+                                            ("teacher_test_acc", "student_test_acc", "student_teacher_ratio", "mte")}})
     report(summaries, out)
 
 
-def report(summaries, out):
-    s = summaries[-1]
-    lines = [f"teacher {s['teacher']} test accuracy   {s['teacher_test_acc']:.2%}",
-             f"student {s['student']} test accuracy   {s['student_test_acc']:.2%}  (zero-shot: no real image seen)",
-             f"student / teacher ratio      {s['student_teacher_ratio']:.3f}",
-             f"mean transition error (MTE)  {s['mte']:.3f}",
-             f"time                         {format_time(sum(x['seconds'] for x in summaries))}"]
-    if len(summaries) > 1:
-        acc = [x["student_test_acc"] for x in summaries]
-        lines.insert(2, f"over {len(acc)} seeds: student {np.mean(acc):.2%} +- {np.std(acc):.2%} (population std)")
-    print("\n".join(["", f"== {s['dataset']}: {s['teacher']} -> {s['student']} =="] + lines +
-                     [f"written to {out}/: metrics.csv, samples_*.png, transition.png, curves.npz, student.pt, summary.json"]))
+def panel_names(paths):
+    """Default panel names: the file names, with their folder's name where two files share one."""
+    stems = [Path(p).stem for p in paths]
+    names = [f"{Path(p).resolve().parent.name}-{s}" if stems.count(s) > 1 else s for p, s in zip(paths, stems)]
+    return [f"{n}-{i}" if names.count(n) > 1 else n for i, n in enumerate(names, 1)]
 
 
 def curves_main(argv):
-    p = argparse.ArgumentParser(prog="zskt.py curves", description="Transition curves and MTE (Algorithm 2) of one or "
-                                "more stepped networks (e.g. a zero-shot and a KD+AT student) against a teacher.")
-    p.add_argument("--teacher", required=True, help="teacher checkpoint (observed)")
-    p.add_argument("--student", required=True, nargs="+", help="checkpoint(s) of the stepped network(s)")
-    p.add_argument("--names", nargs="+", help="panel titles, one per --student")
-    p.add_argument("--dataset", help="default: the teacher checkpoint's dataset")
-    p.add_argument("--data-dir", default="./data")
-    p.add_argument("--images", type=int, default=1000, help="N (paper: 1000)")
-    p.add_argument("--steps", type=int, default=100, help="K (paper: 100)")
-    p.add_argument("--step-size", type=float, default=1.0, help="xi (paper: 1)")
-    p.add_argument("--targets", choices=("predicted", "label"), default="predicted")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", default="runs/curves", help="directory for curves*.npz, transition.png, mte.json")
+    p = argparse.ArgumentParser(prog="zskt.py curves", description="Transition curves and MTE (Algorithm 2, "
+                                "Section 4.4; Figure 4, Table 2) of saved networks that are stepped on (e.g. a "
+                                "zero-shot and a KD+AT student) against a teacher that is only observed.")
+    p.add_argument("--teacher-checkpoint", required=True, help="the teacher's file (observed)")
+    p.add_argument("--student-checkpoint", required=True, nargs="+", help="the files of the networks stepped on")
+    p.add_argument("--names", nargs="+", help="panel titles and folder names, one per --student-checkpoint "
+                   "(default: the file names)")
+    p.add_argument("--dataset", choices=DATASETS, help="default: the dataset the teacher's file names")
+    p.add_argument("--data-dir", default="./data", help="where the datasets are (default ./data)")
+    p.add_argument("--images", type=int, default=1000, help="test images both networks agree on (N; paper: 1000)")
+    p.add_argument("--steps", type=int, default=100, help="gradient steps per curve (K; paper: 100)")
+    p.add_argument("--step-size", type=float, default=1.0, help="step size (xi; paper: 1)")
+    p.add_argument("--mte-targets", choices=("label", "predicted"), default="label", help=HELP["mte_targets"])
+    p.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:N or mps")
+    p.add_argument("--out", help="directory for transition.png, mte.json and one folder of curves per network "
+                   "(default runs/curves-<date>-<time>)")
+    p.add_argument("--overwrite", action="store_true", help="delete what --out holds first")
     args = p.parse_args(argv)
+    for flag, value in (("--images", args.images), ("--steps", args.steps)):
+        if value < 1:
+            raise UserError(f"{flag} must be at least 1, not {value}")
+    if not 0 < args.step_size < math.inf:
+        raise UserError(f"--step-size must be a positive number, not {args.step_size}")
+    names = args.names or panel_names(args.student_checkpoint)
+    if len(names) != len(args.student_checkpoint):
+        raise UserError(f"--names gives {len(names)} names for {len(args.student_checkpoint)} --student-checkpoint "
+                        f"files; give one name per file")
+    bad = [n for n in names if not re.fullmatch(r"[\w+-][\w.+-]*", n)] or sorted({n for n in names if names.count(n) > 1})
+    if bad:
+        raise UserError(f"--names {' '.join(bad)}: each name becomes a folder, so use distinct names of letters, "
+                        f"digits and . _ + -")
     device = resolve_device(args.device)
-    teacher, meta = load_model(args.teacher)
+    teacher, meta = load_model(args.teacher_checkpoint)
     dataset = args.dataset or meta.get("dataset")
     if dataset is None:
-        raise UserError(f"{args.teacher} does not say which dataset it was trained on; pass --dataset")
+        raise UserError(f"{args.teacher_checkpoint} does not say which dataset it was trained on; pass --dataset")
     images, labels, _ = load_dataset(dataset, "test", args.data_dir)
     mean, std = (meta["mean"], meta["std"]) if "mean" in meta else MEAN_STD.get(dataset, (None, None))
-    cfg = dataclasses.replace(Config(), mte_images=args.images, mte_steps=args.steps,
-                              mte_step_size=args.step_size, mte_targets=args.targets)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    names, panels, result = args.names or [Path(s).stem for s in args.student], [], {}
-    for path, name in zip(args.student, names):
-        student = load_model(path, num_classes=teacher.fc.out_features)[0].to(device)
-        sub = out / name
-        sub.mkdir(exist_ok=True)
-        result[name], p_s, p_o = transition_report(student, teacher.to(device), images, labels, mean, std, cfg, sub, name)
-        panels += [(name, p_s, p_o)] if p_s is not None else []
-        print(f"{name}: MTE {result[name]:.4f} against {args.teacher} (N={args.images}, K={args.steps}, xi={args.step_size})")
-    plot_transition_curves(panels, out / "transition.png")
-    (out / "mte.json").write_text(json.dumps({"teacher": args.teacher, "mte": result, **vars(args)}, indent=2))
+    if mean is None:
+        raise UserError(f"{args.teacher_checkpoint} stores no normalisation constants; re-train it with train_teacher.py")
+    students = []
+    for path in args.student_checkpoint:
+        student, s_meta = load_model(path, num_classes=teacher.fc.out_features)
+        check_teacher(s_meta, dataset, images.shape[-1], path, False)
+        students.append(student.to(device))
+    cfg = dataclasses.replace(Config(), mte_images=args.images, mte_steps=args.steps, mte_step_size=args.step_size,
+                              mte_targets=args.mte_targets)
+    out = Path(args.out or f"runs/curves-{time.strftime('%Y%m%d-%H%M%S')}")
+    with run_lock(out):
+        prepare_run_dir(out, overwrite=args.overwrite)
+        panels, result = [], {}
+        for student, path, name in zip(students, args.student_checkpoint, names):
+            (out / name).mkdir()
+            result[name], p_s, p_o = transition_report(student, teacher.to(device), images, labels, mean, std, cfg,
+                                                       out / name, name)
+            panels += [(name, p_s, p_o)] if p_s is not None else []
+            print(f"{name}: MTE {result[name]:.4f} against {args.teacher_checkpoint} "
+                  f"(N={args.images}, K={args.steps}, xi={args.step_size}, targets: {args.mte_targets})")
+        if panels:
+            plot_transition_curves(panels, out / "transition.png")
+        write_json(out / "mte.json", {**vars(args), "mte": result, "dataset": dataset,
+                                      "files": dict(zip(names, map(str, args.student_checkpoint)))})
+    print(f"written to {out}/: " + ", ".join(sorted(p.name for p in out.iterdir() if not p.name.startswith("."))))
 
 
 if __name__ == "__main__":

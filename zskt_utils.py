@@ -1,0 +1,296 @@
+"""What runs around the method in zskt.py: errors, files, run directories, signals, reports and
+figures. Nothing here is part of the paper's method; zskt.py imports what it needs from here.
+"""
+import argparse
+import contextlib
+import csv
+import json
+import math
+import os
+import platform
+import random
+import re
+import shlex
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+# ----------------------------------------------------------------------------------------------
+# Errors, devices and printed commands.
+
+class UserError(Exception):
+    """A problem with the user's input: printed as one sentence, exit status 2, no traceback."""
+
+
+class Stopped(Exception):
+    """A run stopped by SIGINT/SIGTERM after saving a checkpoint: exit status 128 + the signal number."""
+
+    def __init__(self, message, signum):
+        super().__init__(message)
+        self.status = 128 + signum
+
+
+def run_cli(main):
+    """Entry point: a UserError becomes one line on stderr and exit status 2; a run stopped by a
+    signal exits with 128 + its number (130 for Ctrl-C, 143 for SIGTERM)."""
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except Stopped as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(e.status)
+    except KeyboardInterrupt as e:
+        print(f"interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
+        sys.exit(130)
+
+
+def command(script, *args):
+    """A command to print for the user: absolute, quoted paths, so it works from any directory."""
+    here = Path(__file__).resolve().with_name(script)
+    return " ".join(["python", *(shlex.quote(str(a)) for a in (here, *args))])
+
+
+def resolve_device(name=None):
+    """'auto' (or None) is CUDA when available, else the CPU; an unavailable device is refused."""
+    if name in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use cpu, cuda, cuda:N, mps or auto") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(device.type, False):
+        raise UserError(f"--device {name} was asked for, but it is not available here; use --device cpu"
+                        + ("" if device.type in available else " (supported: cpu, cuda, cuda:N, mps)"))
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA devices here")
+    return str(device)
+
+
+def device_name(device):
+    """'NVIDIA H100 80GB HBM3', or the CPU's model name and the threads torch uses."""
+    if str(device).startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
+    return f"{model[1] if model else platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+# ----------------------------------------------------------------------------------------------
+# Files: written atomically, read with weights_only=True.
+
+def save_atomic(obj, path, save=None):
+    """Save through a temporary file and os.replace: a crash never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    (save or torch.save)(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path, obj):
+    """JSON with null where a number is nan or inf: a bare NaN is not JSON."""
+    def clean(v):
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+    save_atomic(json.dumps(clean(obj), indent=2, allow_nan=False), path, lambda text, f: Path(f).write_text(text))
+
+
+def write_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def load_checkpoint(path):
+    """torch.load(weights_only=True), with argparse.Namespace allowed too: the author's save_model
+    stores its command-line args as one next to the weights. Anything else that needs unpickling is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no checkpoint file at {path}")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for bad files; all mean the same to a user
+        if "weights_only" in str(e) or "Weights only" in str(e):
+            raise UserError(f"{path} holds pickled Python objects, which are not loaded because "
+                            f"unpickling can run arbitrary code; re-save it as a dict of tensors, "
+                            f"e.g. {{'state_dict': model.state_dict()}}") from None
+        raise UserError(f"{path} is truncated or corrupt and cannot be read ({type(e).__name__}); "
+                        f"re-create it or use another checkpoint") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Reproducibility: every random state a resumed run needs.
+
+def rng_state():
+    return {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(np.random.get_state()[1].copy()),
+            "numpy_pos": int(np.random.get_state()[2]), "python": list(random.getstate()[1]),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(s):
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(("MT19937", s["numpy"].numpy(), s["numpy_pos"], 0, 0.0))
+    random.setstate((3, tuple(s["python"]), None))
+    if s["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# Run directories: never overwritten silently, never written by two processes, stopped cleanly.
+
+def prepare_run_dir(out, resume=False, overwrite=False):
+    """An existing run directory is never reused or emptied unless the user asked for it. The lock
+    file stays: the caller holds it (run_lock)."""
+    out = Path(out)
+    if resume:
+        if not (out / "checkpoint.pt").is_file():
+            raise UserError(f"--resume: there is no checkpoint.pt in {out} to resume from")
+        return out
+    old = [p for p in out.iterdir() if p.name != ".lock"] if out.is_dir() else []
+    if old and not overwrite:
+        raise UserError(f"{out} already holds files; pass --resume to continue that run, "
+                        f"--overwrite to replace it, or another --out")
+    for p in old:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".write-test").touch()
+        (out / ".write-test").unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to output directory {out} ({e.strerror}); pass a writable --out") from None
+    return out
+
+
+@contextlib.contextmanager
+def run_lock(out):
+    """One process per run directory: a second one is refused. The operating system drops the lock
+    when its process dies, so a crash never leaves a run locked. A directory this call created is
+    removed again if the run fails before it wrote anything but its lock (a failed start)."""
+    out, created = Path(out), not Path(out).exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        f = open(out / ".lock", "w")
+    except OSError as e:
+        raise UserError(f"cannot write to output directory {out} ({e.strerror}); pass a writable --out") from None
+    try:
+        import fcntl  # POSIX; on Windows runs are not locked
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:
+        pass
+    except OSError:
+        f.close()
+        raise UserError(f"another process is writing {out} right now; wait for it to end, or use another --out") from None
+    try:
+        yield out
+    except (UserError, OSError):
+        if created and {p.name for p in out.iterdir()} <= {".lock", "config.json"}:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        f.close()
+
+
+class StopOnSignal:
+    """The first SIGINT/SIGTERM is acknowledged at once and sets a flag that the training loop checks
+    after each step, so it can save a checkpoint and exit cleanly. A second Ctrl-C stops at once,
+    naming the checkpoint that survives (`saved`, which the loop keeps up to date)."""
+
+    def __init__(self, saved="no checkpoint has been written yet"):
+        self.saved = saved
+
+    def __enter__(self):
+        self.signal, self.signum, self.previous = None, None, {}
+        for s in (signal.SIGINT, signal.SIGTERM):
+            self.previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal:
+            raise KeyboardInterrupt(f"stopped at once without saving; {self.saved}")
+        self.signal, self.signum = signal.Signals(signum).name, signum
+        print(f"\n{self.signal}: stopping after this step and saving a checkpoint; press Ctrl-C again to stop "
+              f"at once without saving", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        for s, h in self.previous.items():
+            signal.signal(s, h)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reports and figures.
+
+def format_time(s):
+    return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m" if s >= 3600 else f"{int(s // 60)}m{int(s % 60):02d}s"
+
+
+def mean_std(values):
+    """Mean and population std (np.std, as the author's main.py) over seeds; nan values are left out."""
+    v = [x for x in values if x is not None and math.isfinite(x)]
+    return {"mean": float(np.mean(v)) if v else None, "std": float(np.std(v)) if v else None, "n": len(v)}
+
+
+def report(summaries, out):
+    s, n = summaries[0], len(summaries)
+
+    def show(key, fmt):
+        m = mean_std([x[key] for x in summaries])
+        return "n/a" if m["mean"] is None else f"{m['mean']:{fmt}}" + (
+            f" +- {m['std']:{fmt}} (mean +- population std over {n} seeds)" if n > 1 else "")
+
+    lines = ["", f"== {s['dataset']}: {s['teacher']} -> {s['student']} ==",
+             f"teacher test accuracy        {show('teacher_test_acc', '.2%')}",
+             f"student test accuracy        {show('student_test_acc', '.2%')}  (zero-shot: no real image seen)",
+             f"student / teacher ratio      {show('student_teacher_ratio', '.3f')}",
+             f"mean transition error (MTE)  {show('mte', '.3f')}",
+             f"time                         {format_time(sum(x['seconds'] for x in summaries))}"]
+    lines += [f"  seed {x['seed']}: student {x['student_test_acc']:.2%}, MTE "
+              f"{'n/a' if x['mte'] is None or not math.isfinite(x['mte']) else format(x['mte'], '.3f')}"
+              for x in summaries if n > 1]
+    where, prefix = (Path(out), "") if n == 1 else (Path(out) / f"seed{s['seed']}", "seed*/")
+    names = sorted({re.sub(r"_\d+\.png$", "_*.png", p.name) for p in where.iterdir() if not p.name.startswith(".")})
+    print("\n".join(lines + [f"written to {out}/: " + ", ".join([prefix + f for f in names] +
+                                                                  (["aggregate.json"] if n > 1 else []))]))
+
+
+def plot_transition_curves(panels, path):
+    """Figure 4: per panel (title, p_stepped, p_observed), the mean curves of both networks with
+    +-2 standard-error bands. matplotlib is optional: without it, one line and no plot."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed, so no transition-curve plot (pip install matplotlib)")
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), dpi=100, squeeze=False)
+    for ax, (title, p_stepped, p_observed) in zip(axes[0], panels):
+        for p, name in ((p_stepped, "stepped"), (p_observed, "observed (teacher)")):
+            p = torch.as_tensor(p).flatten(0, 1)  # (N * (C-1), steps)
+            mean, se = p.mean(0), p.std(0, unbiased=False) / math.sqrt(len(p))
+            ax.plot(mean, label=name)
+            ax.fill_between(range(p.shape[1]), mean - 2 * se, mean + 2 * se, alpha=.3)
+        ax.set(xlabel="step k", ylabel="p_j of target class j", ylim=(0, 1),
+               title=f"{title}: MTE = {(torch.as_tensor(p_stepped) - torch.as_tensor(p_observed)).abs().mean():.3f}")
+        ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
