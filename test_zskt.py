@@ -705,8 +705,8 @@ def shapes_slice():
 
 @pytest.fixture
 def small_shapes(monkeypatch):
-    monkeypatch.setattr(zskt, "load_dataset", lambda name, split, data_dir="./data":
-                        shapes_slice()[split] if name == "shapes" else REAL_LOAD(name, split, data_dir))
+    monkeypatch.setattr(zskt, "load_dataset", lambda name, split, *a:
+                        shapes_slice()[split] if name == "shapes" else REAL_LOAD(name, split, *a))
 
 
 def weights(path):
@@ -973,10 +973,11 @@ def test_shortened_demo_learns_without_data(tmp_path, user_env):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     with open(tmp_path / "run" / "metrics.csv") as f:
         agreement = [float(row["agreement"]) for row in csv.DictReader(f)]
-    # Measured on a 2-core CPU (2 min): teacher 99.35 %, student 65.85 %, agreement 35.45 % -> 65.60 % (chance: 10 %).
+    # Measured on a 2-core CPU (2 min): teacher 99.35 %; with 2 threads student 65.85 %, agreement 35.45 % ->
+    # 65.60 %; with 1 thread (other float summation order) student 50.80 %, agreement 36.00 % -> 50.80 %. Chance: 10 %.
     assert summary["teacher_test_acc"] > 0.95
     assert summary["student_test_acc"] > 0.4, summary
-    assert max(agreement[-2:]) > agreement[0] + 0.15, agreement
+    assert max(agreement[-2:]) > agreement[0] + 0.1, agreement
 
 
 def test_curves_command_compares_students_against_a_teacher(tmp_path, teacher_file, capsys):
@@ -1112,7 +1113,8 @@ def test_defaults_follow_the_author_code():
 def test_label_targets_are_the_default_of_a_run(tmp_path, teacher_file, monkeypatch):
     seen = []
     original = zskt.transition_curves
-    monkeypatch.setattr(zskt, "transition_curves", lambda *a, **k: seen.append(k["labels"]) or original(*a, **k))
+    monkeypatch.setattr(zskt, "transition_curves",  # the final report's calls (the ETA estimate's steps=2 is not one)
+                        lambda *a, **k: ("progress" in k and seen.append(k["labels"])) or original(*a, **k))
     zskt.main(["--teacher-checkpoint", str(teacher_file), "--iterations", "1", "--out", str(tmp_path / "a"), *TINY])
     zskt.main(["--teacher-checkpoint", str(teacher_file), "--iterations", "1", "--out", str(tmp_path / "b"), *TINY,
                "--mte-targets", "predicted"])
@@ -1283,10 +1285,10 @@ def test_non_finite_loss_before_the_first_checkpoint_says_there_is_none(tmp_path
 
 def test_train_teacher_prints_its_real_schedule(small_shapes, tmp_path, capsys):
     tt.main([*TT_TINY, "--epochs", "4", "--batch-size", "5000", "--out", str(tmp_path / "r")])
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     # 4 epochs: milestones 1, 2, 3, each taking effect one epoch late, so the lr drops after epochs 2 and 3.
     assert "batch 800, lr 0.1 (x0.2 after epochs 2, 3)" in out
-    lrs = [float(re.search(r"lr (\S+)", line)[1]) for line in out.splitlines() if line.startswith("epoch")]
+    lrs = [float(re.search(r"lr ([\d.e-]+)", line)[1]) for line in err.splitlines() if "| epoch" in line]
     assert lrs == pytest.approx([0.1, 0.1, 0.02, 0.004])
 
 
@@ -1307,3 +1309,138 @@ def test_curves_names_and_bad_input(tmp_path, teacher_file, capsys):
         assert code == 2 and message in err, (flags, err)
     zskt.main(base + ["--overwrite", "--names", "zero-shot", "KD+AT"])
     assert set(json.loads((tmp_path / "c" / "mte.json").read_text())["mte"]) == {"zero-shot", "KD+AT"}
+
+
+# --- a run you can watch, and a module you can use ------------------------------------------------
+
+def test_a_run_without_a_terminal_prints_plain_progress_lines_and_keeps_a_log(tmp_path, teacher_file):
+    r = subprocess.run([sys.executable, str(HERE / "zskt.py"), "--teacher-checkpoint", str(teacher_file),
+                        "--iterations", "4", "--out", str(tmp_path / "r"), *TINY], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.startswith("Algorithm 1 ")]
+    assert [line.split(" |")[0] for line in lines] == ["Algorithm 1 2/4", "Algorithm 1 4/4"]  # one per log step
+    assert all("it/s | whole run ETA" in line and "student " in line for line in lines) and "\r" not in r.stderr
+    log = (tmp_path / "r" / "log.txt").read_text()
+    assert all(line in log for line in lines) and "student test accuracy" in log and "transition curves" in log
+    assert (tmp_path / "r" / "training.png").is_file()
+
+
+def test_the_log_file_leaves_out_progress_bar_redraws(tmp_path, capsys):
+    with zskt.tee(tmp_path / "log.txt"):
+        sys.stderr.write("\rtraining 1/10 [00:01<00:09]")
+        print("a line worth keeping")
+    assert (tmp_path / "log.txt").read_text() == "a line worth keeping\n"
+
+
+def test_ctrl_c_is_acknowledged_at_once_and_a_second_one_names_the_surviving_checkpoint(tmp_path, shapes_test, monkeypatch, capsys):
+    calls, original = [0], zskt.zero_shot_iteration
+
+    def two_ctrl_c_in_iteration_3(*a):
+        calls[0] += 1
+        if calls[0] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert "stopping after this step and saving a checkpoint; press Ctrl-C again" in capsys.readouterr().err
+            os.kill(os.getpid(), signal.SIGINT)  # the second one interrupts at once
+        return original(*a)
+    monkeypatch.setattr(zskt, "zero_shot_iteration", two_ctrl_c_in_iteration_3)
+    with pytest.raises(KeyboardInterrupt, match=r"without saving; the last checkpoint, .*checkpoint.pt \(iteration 2\), stays"):
+        tiny_run({"iterations": 5}, shapes_test, tmp_path / "r")
+    assert zskt.load_checkpoint(tmp_path / "r" / "checkpoint.pt")["iteration"] == 2
+
+
+def test_sigterm_exits_with_the_same_status_in_both_scripts(tmp_path, shapes_test, small_shapes, monkeypatch):
+    interrupt_at(monkeypatch, zskt, "zero_shot_iteration", 2)
+    monkeypatch.setattr(signal, "SIGINT", signal.SIGTERM)  # interrupt_at sends SIGTERM instead
+    with pytest.raises(zskt.Stopped, match="SIGTERM after iteration 2") as stopped:
+        tiny_run({"iterations": 5}, shapes_test, tmp_path / "a")
+    interrupt_at(monkeypatch, torch.optim.SGD, "step", 2)
+    with pytest.raises(zskt.Stopped, match="SIGTERM: saved") as stopped_tt:
+        tt.main([*TT_TINY, "--epochs", "2", "--out", str(tmp_path / "b")])
+    assert stopped.value.status == stopped_tt.value.status == 128 + 15
+
+
+def test_a_real_sigterm_ends_the_process_with_143_and_a_resume_command(tmp_path, teacher_file):
+    p = subprocess.Popen([sys.executable, str(HERE / "zskt.py"), "--teacher-checkpoint", str(teacher_file),
+                          "--iterations", "100000", "--out", str(tmp_path / "r"), *TINY], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert "test accuracy" in p.stdout.readline()  # training has started
+    p.send_signal(signal.SIGTERM)
+    err = p.communicate()[1]
+    assert p.returncode == 143 and "SIGTERM after iteration" in err and "--resume" in err
+
+
+def test_sample_grids_name_what_the_teacher_sees():
+    images = torch.rand(3, 3, 16, 16)
+    fig = zskt.plot_samples(images, torch.tensor([4, 0, 9]), torch.tensor([.93, .5, .25]), zskt.SHAPES_CLASSES)
+    assert [t.get_text() for t in fig.axes[0].texts] == ["ring 0.93", "disk 0.50", "dots 0.25"]
+
+
+def test_tensorboard_writes_event_files_or_explains_itself(tmp_path, teacher_file, capsys, monkeypatch):
+    pytest.importorskip("tensorboard", reason="the optional tensorboard package; .ci/run installs it")
+    zskt.main(["--teacher-checkpoint", str(teacher_file), "--iterations", "2", "--out", str(tmp_path / "a"), *TINY,
+               "--tensorboard"])
+    assert list((tmp_path / "a" / "tensorboard").glob("events.out.tfevents.*"))
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if the package were missing
+    code, err = run_main(["--teacher-checkpoint", str(teacher_file), "--iterations", "2", "--out",
+                          str(tmp_path / "b"), *TINY, "--tensorboard"], capsys)
+    assert code == 2 and "pip install tensorboard" in err and not (tmp_path / "b").exists()
+
+
+def test_help_says_what_each_flag_is_with_the_chosen_dataset_defaults():
+    def helptext(*args):
+        return subprocess.run([sys.executable, str(HERE / "zskt.py"), *args, "--help"], capture_output=True,
+                              text=True).stdout.replace("\n", " ")
+    shapes, cifar = helptext(), helptext("--dataset", "cifar10")
+    assert re.search(r"--n-s N_S\s+student steps per pseudo batch \(n_S in Algorithm 1\) \(default for shapes: 20\)",
+                     re.sub(r"\s+", " ", shapes))
+    assert "(default for cifar10: 10)" in re.sub(r"\s+", " ", cifar) and "(default for cifar10: 80000)" in re.sub(r"\s+", " ", cifar)
+    for field in zskt.Config.__dataclass_fields__:
+        if field != "dataset":
+            assert f"--{field.replace('_', '-')}" in shapes
+
+
+def test_folder_teachers_never_collide_and_folders_need_a_data_dir(tmp_path, capsys):
+    a, b = tmp_path / "x" / "pets", tmp_path / "y" / "pets"
+    assert zskt.default_teacher_path("folder", "wrn-10-1", a) != zskt.default_teacher_path("folder", "wrn-10-1", b)
+    code, err = run_main(["--dataset", "folder"], capsys)
+    assert code == 2 and "--dataset folder needs --data-dir" in err
+    with pytest.raises(zskt.UserError, match="--dataset folder needs --data-dir"):
+        tt.main(["--dataset", "folder"])
+
+
+def test_folder_images_are_resized_to_the_image_size_and_zskt_follows_the_teacher(tmp_path):
+    folder_data(tmp_path / "pets")
+    tt.main(["--dataset", "folder", "--data-dir", str(tmp_path / "pets"), "--arch", "wrn-10-1", "--epochs", "1",
+             "--image-size", "16", "--out", str(tmp_path / "t")])
+    model, meta = zskt.load_model(tmp_path / "t" / "model.pt")
+    assert meta["image_size"] == 16
+    zskt.main(["--dataset", "folder", "--data-dir", str(tmp_path / "pets"), "--teacher-checkpoint",
+               str(tmp_path / "t" / "model.pt"), "--iterations", "1", "--out", str(tmp_path / "z"), *TINY])
+    assert zskt.load_model(tmp_path / "z" / "student.pt")[1]["image_size"] == 16
+    with pytest.raises(zskt.UserError, match="image_size 16"):
+        zskt.main(["--dataset", "folder", "--data-dir", str(tmp_path / "pets"), "--teacher-checkpoint",
+                   str(tmp_path / "t" / "model.pt"), "--image-size", "32", "--out", str(tmp_path / "w"), *TINY])
+
+
+def python_blocks(heading):
+    """The ```python blocks of one README section."""
+    text = (HERE / "README.md").read_text()
+    section = text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def test_the_readme_notebook_session_runs_as_written_shortened(tmp_path):
+    (code,) = python_blocks("Python API")
+    shortened = code.replace("iterations=200", "iterations=2").replace("n=100", "n=3").replace("steps=30", "steps=2")
+    assert shortened != code  # the replacements found their targets
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(zskt.model_checkpoint(zskt.wrn("wrn-16-1"), "wrn-16-1", "shapes", *zskt.MEAN_STD["shapes"], 16),
+               tmp_path / "checkpoints" / "shapes-wrn-16-1.pt")
+    script = "import matplotlib; matplotlib.use('Agg')\n" + shortened + "\nprint('SESSION OK')"
+    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(HERE)})
+    assert r.returncode == 0 and "SESSION OK" in r.stdout, r.stderr
+    assert (tmp_path / "runs" / "notebook" / "summary.json").is_file()
+    # The run started from Python resumes from the command line: config.json names its teacher and data.
+    saved = json.loads((tmp_path / "runs" / "notebook" / "config.json").read_text())
+    assert Path(saved["teacher_checkpoint"]).is_file() and saved["config"]["iterations"] == 2

@@ -35,7 +35,7 @@ PRESETS = {
 }
 # The flags that define a run: --resume takes them from the checkpoint and refuses different ones.
 RECIPE = ("dataset", "arch", "epochs", "lr", "batch_size", "seed", "amp", "mean", "std", "distill_from",
-          "samples_per_class", "few_shot_schedule", "max_steps", "data_dir", "teacher_copy")
+          "samples_per_class", "few_shot_schedule", "max_steps", "data_dir", "image_size", "teacher_copy")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -118,17 +118,21 @@ def kd_at_loss(student_logits, teacher_logits, labels, student_acts, teacher_act
 # ----------------------------------------------------------------------------------------------
 # Training and evaluation.
 
-def train(model, teacher, optimizer, images, labels, mean, std, args, epoch, first_step=0, stop=None):
+def steps_per_epoch(n, batch_size, max_steps=None):
+    """Batches of min(batch_size, n) images; a last batch of one image is dropped (BatchNorm needs two)."""
+    bs = min(batch_size, n)
+    return min(n // bs + (n % bs >= 2), max_steps or n)
+
+
+def train(model, teacher, optimizer, images, labels, mean, std, args, epoch, first_step=0, stop=None, progress=None):
     """One epoch from `first_step`; returns early after the step on which a signal arrived."""
     dev, n = images.device, len(images)
-    bs = min(args.batch_size, n)
-    steps = min(n // bs + (n % bs >= 2), args.max_steps or n)  # a last batch of 1 is dropped: BatchNorm
+    bs, steps = min(args.batch_size, n), steps_per_epoch(n, args.batch_size, args.max_steps)
     order = torch.randperm(n, generator=torch.Generator(dev).manual_seed(mix(args.seed, epoch)), device=dev)
     g, log = torch.Generator(dev), dict(steps=steps, done=first_step, loss=0.0, seen=0)
     correct = torch.zeros((), dtype=torch.long, device=dev)
     mean, std = (torch.tensor(v, device=dev) for v in (mean, std))  # once, not per step
     augmented = PRESETS[args.dataset]["augment"]
-    beat = start = time.time()
     model.train()
     for step in range(first_step, steps):
         idx = order[step * bs:(step + 1) * bs]
@@ -152,10 +156,8 @@ def train(model, teacher, optimizer, images, labels, mean, std, args, epoch, fir
                                  f"checkpoint in {args.out} is intact (try a lower --lr, or no --amp)")
         correct += (logits.argmax(1) == y).sum()
         log.update(done=step + 1, loss=log["loss"] + value * len(y), seen=log["seen"] + len(y))
-        if time.time() - beat > 60:  # a heartbeat inside long (CPU) epochs
-            beat = time.time()
-            print(f"  epoch {epoch + 1} step {step + 1}/{steps}  loss {log['loss'] / log['seen']:.4f}  "
-                  f"{log['seen'] / (beat - start):.0f} img/s", flush=True)
+        if progress is not None:
+            progress.update()
         if stop is not None and stop.signal:
             break
     log["correct"] = int(correct)
@@ -178,6 +180,11 @@ def resolve(args):
         if k in given:
             given[k] = str(Path(given[k]).resolve())
     dataset = given.get("dataset", "shapes")
+    if dataset == "folder" and "data_dir" not in given and not args.resume:
+        raise zskt.UserError("--dataset folder needs --data-dir DIR, a folder with DIR/train/<class>/* and "
+                             "DIR/test/<class>/* images")
+    if "image_size" in given and (dataset != "folder" or given["image_size"] < 8):
+        raise zskt.UserError("--image-size applies to --dataset folder only, and must be at least 8")
     arch = given.get("arch") or zskt.make_config(dataset).teacher  # by default, the teacher zskt.py expects
     zskt.make_config(dataset)  # refuses unknown datasets
     m, teacher = given.get("samples_per_class", -1), given.get("distill_from")
@@ -204,7 +211,7 @@ def resolve(args):
         given = resumed["args"]
     defaults = dict(PRESETS[dataset], dataset=dataset, arch=arch, seed=0, amp=False, samples_per_class=-1, mean=None,
                     std=None, distill_from=None, max_steps=None, data_dir=data_dir, teacher_copy=None,
-                    few_shot_schedule="author")
+                    few_shot_schedule="author", image_size=32)
     for k in RECIPE:
         setattr(args, k, given.get(k, defaults.get(k)))
     zskt.wrn(args.arch)  # unknown architectures fail here, before any data is loaded
@@ -232,8 +239,8 @@ def main(argv=None):
     device = torch.device(zskt.resolve_device(args.device))
     resumed = resolve(args)
     teacher, t_ckpt = zskt.load_model(args.distill_from) if args.distill_from else (None, {})
-    train_x, train_y, classes = zskt.load_dataset(args.dataset, "train", args.data_dir)
-    test_x, test_y, _ = zskt.load_dataset(args.dataset, "test", args.data_dir)
+    train_x, train_y, classes = zskt.load_dataset(args.dataset, "train", args.data_dir, args.image_size)
+    test_x, test_y, _ = zskt.load_dataset(args.dataset, "test", args.data_dir, args.image_size)
     t_data = (t_ckpt.get("dataset") or args.dataset, teacher.fc.out_features) if teacher else None
     if t_data not in (None, (args.dataset, len(classes))):
         raise zskt.UserError(f"{args.distill_from} holds a teacher for {t_data[0]} with {t_data[1]} classes, "
@@ -253,8 +260,9 @@ def main(argv=None):
     with zskt.run_lock(args.out):
         if not args.resume:
             zskt.prepare_run_dir(args.out, overwrite=args.overwrite)
-        fit(args, device, teacher, resumed, train_x[subset], train_y[subset], test_x, test_y, len(classes),
-            epochs, milestones, every)
+        with zskt.tee(Path(args.out) / "log.txt"):  # the console, also in the run directory
+            fit(args, device, teacher, resumed, train_x[subset], train_y[subset], test_x, test_y, len(classes),
+                epochs, milestones, every)
 
 
 def fit(args, device, teacher, resumed, images, labels, test_x, test_y, n_classes, epochs, milestones, every):
@@ -288,13 +296,14 @@ def fit(args, device, teacher, resumed, images, labels, test_x, test_y, n_classe
           (f" (x0.2 after epoch{'s' * (len(drops) > 1)} {', '.join(map(str, drops))})" if drops else "") +
           f", {device}; run dir {args.out}")
 
-    start, test_acc, first_epoch = time.time(), None, epoch
+    start, test_acc = time.time(), None
     fresh = lambda: dict(loss=0.0, correct=0, seen=0, train_s=0.0)  # per-report sums
-    agg = fresh()
+    agg, per_epoch = fresh(), steps_per_epoch(len(images), args.batch_size, args.max_steps)
+    bar = zskt.Progress(epochs * per_epoch, "training", initial=epoch * per_epoch + step, unit="step")
     with zskt.StopOnSignal() as stop:
         while epoch < epochs:
             t, lr = time.time(), optimizer.param_groups[0]["lr"]
-            log = train(model, teacher, optimizer, images, labels, args.mean, args.std, args, epoch, step, stop)
+            log = train(model, teacher, optimizer, images, labels, args.mean, args.std, args, epoch, step, stop, bar)
             log["train_s"] = time.time() - t
             agg = {k: agg[k] + log[k] for k in agg}
             step = log["done"]
@@ -303,21 +312,21 @@ def fit(args, device, teacher, resumed, images, labels, test_x, test_y, n_classe
                 scheduler.step()
             if stop.signal:
                 save_state(model, optimizer, scheduler, epoch, step, args)
+                bar.close()
                 raise zskt.Stopped(f"{stop.signal}: saved {args.out}/checkpoint.pt (next: epoch {epoch + 1}, step "
                                    f"{step + 1}); continue with: "
                                    f"{zskt.command('train_teacher.py', '--resume', '--out', args.out)}", stop.signum)
             if epoch % every == 0 or epoch == epochs:
                 test_acc = zskt.accuracy(model, test_x, test_y, args.mean, args.std)
-                eta = (time.time() - start) / max(1, epoch - first_epoch) * (epochs - epoch)
-                print(f"epoch {epoch:>4}/{epochs}  loss {agg['loss'] / max(agg['seen'], 1):.4f}  "
-                      f"train {agg['correct'] / max(agg['seen'], 1):6.2%}  test {test_acc:6.2%}  "
-                      f"lr {lr:.4g}  {agg['seen'] / agg['train_s']:.0f} img/s  "
-                      f"ETA {zskt.format_time(eta)}", flush=True)
+                bar.note(f"epoch {epoch}/{epochs}: loss {agg['loss'] / max(agg['seen'], 1):.4f}, train "
+                         f"{agg['correct'] / max(agg['seen'], 1):.2%}, test {test_acc:.2%}, lr {lr:.4g}, "
+                         f"{agg['seen'] / agg['train_s']:.0f} img/s")
                 agg = fresh()
             if epoch % args.checkpoint_every == 0 or epoch == epochs:
                 save_state(model, optimizer, scheduler, epoch, 0, args)
                 stop.saved = f"the last checkpoint, {args.out}/checkpoint.pt (epoch {epoch}), stays"
 
+    bar.close()
     if test_acc is None:  # resumed a finished run
         test_acc = zskt.accuracy(model, test_x, test_y, args.mean, args.std)
     extra = dict(teacher=str(args.distill_from)) if teacher else {}
@@ -348,6 +357,8 @@ def parse_args(argv=None):
     p.add_argument("--mean", type=float, nargs=3, help="default: the teacher's, the dataset's, or the train split's")
     p.add_argument("--std", type=float, nargs=3, help="normalisation std (same defaults as --mean)")
     p.add_argument("--data-dir", help="where the datasets are, or are downloaded to (default ./data)")
+    p.add_argument("--image-size", type=int, help="--dataset folder: resize the images to this size (default 32; "
+                   "the aspect ratio is not kept)")
     p.add_argument("--out", help="run directory (default runs/<dataset>-<arch>[-kdat-<teacher>][-m<M>]-seed<S>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory / teacher file")

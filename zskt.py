@@ -29,9 +29,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zskt_utils import (UserError, Stopped, StopOnSignal, command, device_name, format_time, load_checkpoint, mean_std,
-                        plot_transition_curves, prepare_run_dir, report, resolve_device, rng_state, run_cli, run_lock,
-                        save_atomic, seed_everything, set_rng_state, write_csv, write_json)
+from zskt_utils import (UserError, Progress, Stopped, StopOnSignal, command, device_name, format_time, load_checkpoint,
+                        log_tensorboard, mean_std, plot_samples, plot_training, plot_transition_curves, prepare_run_dir,
+                        report, resolve_device, rng_state, run_cli, run_lock, save_atomic, seed_everything,
+                        set_rng_state, tee, tensorboard_writer, write_csv, write_json)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -91,13 +92,14 @@ def make_shapes(n, seed, size=16, chunk=2_000):
     return (torch.cat(images).clamp(0, 1) * 255).round().to(torch.uint8), y
 
 
-def load_dataset(name, split, data_dir="./data"):
-    """(images uint8 (N, 3, H, W), labels int64 (N,), class names) of one split, in memory."""
+def load_dataset(name, split, data_dir="./data", image_size=32):
+    """(images uint8 (N, 3, H, W), labels int64 (N,), class names) of one split, in memory.
+    `image_size` applies to folders only, whose images are resized to it (aspect ratio not kept)."""
     if name == "shapes":
         x, y = make_shapes(SHAPES_SIZE[split], seed={"train": 0, "test": 1}[split])
         return x, y, SHAPES_CLASSES
     if name == "folder":
-        return load_folder(Path(data_dir), split)
+        return load_folder(Path(data_dir), split, image_size)
     if name not in ("cifar10", "svhn"):
         raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     import torchvision
@@ -122,8 +124,9 @@ def _download(cls, **kwargs):
         return cls(download=True, **kwargs)
 
 
-def load_folder(root, split):
-    """DIR/{train,test}/<class>/* as 32x32 RGB; class indices come from the train folder names."""
+def load_folder(root, split, size=32):
+    """DIR/{train,test}/<class>/* as size x size RGB (bilinear, aspect ratio not kept); class indices
+    come from the train folder names."""
     from PIL import Image
     from torchvision.datasets.folder import IMG_EXTENSIONS
     from torchvision.transforms.functional import pil_to_tensor
@@ -137,7 +140,7 @@ def load_folder(root, split):
         for f in sorted((root / split / cls).glob("*")) if (root / split / cls).is_dir() else []:
             if f.suffix.lower() in IMG_EXTENSIONS:
                 with Image.open(f) as im:
-                    images.append(pil_to_tensor(im.convert("RGB").resize((32, 32), Image.BILINEAR)))
+                    images.append(pil_to_tensor(im.convert("RGB").resize((size, size), Image.BILINEAR)))
                 labels.append(label)
     if not images:
         raise UserError(f"no image files found under {root / split}")
@@ -305,6 +308,7 @@ class Config:
     seed: int = 0
     amp: bool = False
     compile: bool = False
+    tensorboard: bool = False
     log_every: int = 1_000
     checkpoint_every: int = 1_000
     mte_images: int = 1_000     # transition curves at the end of a run (Section 4.4): N, K, xi
@@ -367,22 +371,21 @@ def zero_shot_iteration(teacher, student, generator, opt_student, opt_generator,
     batch of the updated generator, whose teacher outputs are computed once (the author re-runs the
     generator with autograd in every student step: the same maths at a higher cost). Returns device
     tensors, so nothing waits for the device: the last losses, the teacher's and student's mean
-    top-class probability on the pseudo batch and the teacher's class counts (the author logs these)."""
+    tensors, so nothing waits for the device: the last losses, and the teacher's and the student's
+    class probabilities on the pseudo batch (the author logs statistics of both)."""
     device = next(student.parameters()).device
     z = torch.randn(cfg.batch_size, cfg.z_dim, device=device)
-    loss_g = loss_s = s_confidence = torch.full((), float("nan"), device=device)  # nan when n_g or n_s is 0
+    loss_g = loss_s = torch.full((), float("nan"), device=device)  # nan when n_g or n_s is 0
     for _ in range(cfg.n_g):
         loss_g = generator_step(teacher, student, generator, z, opt_generator, cfg)
     with torch.no_grad(), autocast(device, cfg.amp):
         x = generator(z)  # the pseudo batch, fixed for the n_s steps
         t_logits, t_acts = teacher(x)
+    s_logits = torch.full_like(t_logits, float("nan"))
     for _ in range(cfg.n_s):
         loss_s, s_logits = student_step(student, x, t_logits, t_acts, opt_student, cfg)
-        s_confidence = s_logits.float().softmax(1).amax(1).mean()
-    t_prob = t_logits.float().softmax(1)
     return {"loss_generator": loss_g, "loss_student": loss_s,
-            "teacher_confidence": t_prob.amax(1).mean(), "student_confidence": s_confidence,
-            "teacher_classes": torch.bincount(t_prob.argmax(1), minlength=t_prob.shape[1]).float()}
+            "teacher_probs": t_logits.float().softmax(1), "student_probs": s_logits.float().softmax(1)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -422,7 +425,7 @@ def agreeing_images(a, b, images, labels, mean, std, n, seed=0):
     return normalize(images[keep], mean, std), labels[keep], pa[keep]
 
 
-def transition_curves(stepped, observed, x, steps=100, step_size=1.0, labels=None, chunk_size=512):
+def transition_curves(stepped, observed, x, steps=100, step_size=1.0, labels=None, chunk_size=512, progress=None):
     """Algorithm 2: push each image towards every other class j by gradient descent on the stepped
     network's cross-entropy, recording p_j of both networks before each update (step 0 = clean x).
 
@@ -430,7 +433,8 @@ def transition_curves(stepped, observed, x, steps=100, step_size=1.0, labels=Non
     (the paper) or, if `labels` is given, the true label (the author's code); for reference
     class i, row c targets j = (i + c + 1) mod C. All N * (C - 1) trajectories run as batches;
     eval-mode BatchNorm and a per-example *summed* cross-entropy make each one take exactly the
-    step of the one-image algorithm. Returns (p_stepped, p_observed), each (N, C - 1, steps).
+    step of the one-image algorithm. Returns (p_stepped, p_observed), each (N, C - 1, steps);
+    `progress.update()` is called after every step of every chunk.
     """
     device, C = next(stepped.parameters()).device, stepped.fc.out_features
     x = x.to(device)
@@ -452,6 +456,8 @@ def transition_curves(stepped, observed, x, steps=100, step_size=1.0, labels=Non
                     # grad w.r.t. the images only: no weight gradient is computed, the networks stay frozen
                     grad, = torch.autograd.grad(F.cross_entropy(logits, tk, reduction="sum"), xk)
                     xk = (xk - step_size * grad).detach()
+                if progress is not None:
+                    progress.update()
     return curves.cpu().view(2, len(x), C - 1, steps).unbind(0)
 
 
@@ -529,23 +535,29 @@ def train_zero_shot(cfg, teacher, test_images, test_labels, mean, std, out, devi
     resume_command = resume_command or command("zskt.py", "--out", out.resolve(), "--resume")
     with run_lock(out):
         prepare_run_dir(out, overwrite=overwrite) if not resume else None
-        state = load_checkpoint(out / "checkpoint.pt") if resume and (out / "checkpoint.pt").is_file() else None
-        if resume and state is None:
-            log(f"{out} holds no checkpoint yet, so this run starts from iteration 0")
-        if not (out / "config.json").is_file():
-            if teacher_checkpoint is None:
-                teacher_checkpoint = out / "teacher.pt"
-                save_atomic(model_checkpoint(teacher, infer_arch(teacher.state_dict())[0], cfg.dataset, mean, std,
-                                             test_images.shape[-1]), teacher_checkpoint)
-            write_json(out / "config.json", {"config": dataclasses.asdict(cfg), "seeds": [cfg.seed],
-                                             "teacher_checkpoint": str(Path(teacher_checkpoint).resolve()),
-                                             "data_dir": str(Path(data_dir).resolve())})
-        return _train(cfg, teacher, test_images, test_labels, mean, std, out, device, state, classes, log,
-                      resume_command)
+        with tee(out / "log.txt"):  # the console, also in the run directory
+            state = load_checkpoint(out / "checkpoint.pt") if resume and (out / "checkpoint.pt").is_file() else None
+            if resume and state is None:
+                log(f"{out} holds no checkpoint yet, so this run starts from iteration 0")
+            if not (out / "config.json").is_file():
+                if teacher_checkpoint is None:
+                    teacher_checkpoint = out / "teacher.pt"
+                    save_atomic(model_checkpoint(teacher, infer_arch(teacher.state_dict())[0], cfg.dataset, mean,
+                                                 std, test_images.shape[-1]), teacher_checkpoint)
+                write_json(out / "config.json", {"config": dataclasses.asdict(cfg), "seeds": [cfg.seed],
+                                                 "teacher_checkpoint": str(Path(teacher_checkpoint).resolve()),
+                                                 "data_dir": str(Path(data_dir).resolve()),
+                                                 "image_size": test_images.shape[-1]})
+            # From here on a first Ctrl-C or SIGTERM saves a checkpoint and stops cleanly.
+            with StopOnSignal(f"the last checkpoint, {out / 'checkpoint.pt'} (iteration {state['iteration']}), stays"
+                              if state else "no checkpoint had been written yet") as stop:
+                return _train(cfg, teacher, test_images, test_labels, mean, std, out, device, state, classes, log,
+                              resume_command, stop)
 
 
-def _train(cfg, teacher, test_images, test_labels, mean, std, out, device, state, classes, log, resume_command):
+def _train(cfg, teacher, test_images, test_labels, mean, std, out, device, state, classes, log, resume_command, stop):
     cl, C = torch.channels_last, teacher.fc.out_features  # channels_last: ~1.3x faster convolutions on CPU too
+    names = list(classes or map(str, range(C)))
     seed_everything(cfg.seed)
     teacher = teacher.to(device, memory_format=cl).eval().requires_grad_(False)
     student = wrn(cfg.student, C).to(device, memory_format=cl)
@@ -569,6 +581,7 @@ def _train(cfg, teacher, test_images, test_labels, mean, std, out, device, state
     z_grid = torch.randn(64, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
     metrics = out / "metrics.csv"
     rows = [r for r in csv.DictReader(metrics.open()) if int(r["iteration"]) <= start] if metrics.exists() else []
+    board = tensorboard_writer(out) if cfg.tensorboard else None
 
     def checkpoint(iteration):
         save_atomic({"iteration": iteration, "seconds": time.time() - t0, "config": dataclasses.asdict(cfg),
@@ -577,44 +590,48 @@ def _train(cfg, teacher, test_images, test_labels, mean, std, out, device, state
         stop.saved = f"the last checkpoint, {out / 'checkpoint.pt'} (iteration {iteration}), stays"
 
     log(f"teacher {cfg.teacher}: {teacher_acc:.2%} test accuracy | student {cfg.student} | "
-        f"{cfg.iterations} iterations from {start} on {device}")
-    t0, t_start = time.time() - seconds, time.time()
-    with StopOnSignal(f"the last checkpoint, {out / 'checkpoint.pt'} (iteration {start}), stays" if state else
-                      "no checkpoint had been written yet") as stop:
-        for it in range(start + 1, cfg.iterations + 1):
-            last = zero_shot_iteration(*networks, opt_s, opt_g, cfg)
-            sums, count = {k: sums.get(k, 0) + v for k, v in last.items()}, count + 1  # on the device: no sync
-            sched_s.step(), sched_g.step()
-            log_now = it % cfg.log_every == 0 or it == cfg.iterations
-            save_now = it % cfg.checkpoint_every == 0 or it == cfg.iterations or stop.signal
-            if not (log_now or save_now):
-                continue
-            means = {k: v / count for k, v in sums.items()}
-            bad = [k for k in ("loss_generator", "loss_student") if not torch.isfinite(means[k])]
-            if bad:  # checked before the checkpoint is written, so the last good one stays
-                raise UserError(f"{' and '.join(bad)} became nan or inf in iterations {it - count + 1}-{it}; "
-                                f"{stop.saved.replace('stays', 'is intact')} (try a lower learning rate, or no --amp)")
-            if log_now:
-                s_pred = predict(student, test_images, mean, std)
-                hist = (means.pop("teacher_classes") / cfg.batch_size).tolist()
-                rows.append({"iteration": it, **{k: v.item() for k, v in means.items()},
-                             "student_test_acc": (s_pred == test_labels).float().mean().item(),
-                             "agreement": (s_pred == t_pred).float().mean().item(),
-                             "lr_student": sched_s.get_last_lr()[0], "lr_generator": sched_g.get_last_lr()[0],
-                             **{f"teacher_class_{c}": h for c, h in enumerate(hist)}, "seconds": time.time() - t0})
-                write_csv(metrics, rows)
-                save_samples(generator, z_grid, mean, std, out / f"samples_{it:06d}.png")
-                rate = (it - start) / (time.time() - t_start)
-                log(f"it {it}/{cfg.iterations} | loss_G {rows[-1]['loss_generator']:.4f} | "
-                    f"loss_S {rows[-1]['loss_student']:.4f} | student {rows[-1]['student_test_acc']:.2%} "
-                    f"(agrees with teacher {rows[-1]['agreement']:.2%}) | {rate:.2f} it/s | "
-                    f"ETA {format_time((cfg.iterations - it) / rate)}")
-                sums, count = {}, 0
-            if save_now:
-                checkpoint(it)
-            if stop.signal:
-                raise Stopped(f"{stop.signal} after iteration {it}; checkpoint saved; continue with: {resume_command}",
-                              stop.signum)
+        f"{cfg.iterations} iterations from {start} on {device} | run directory {out}")
+    mte_eta = transition_seconds(student, teacher, test_images, mean, std, cfg)
+    t0 = time.time() - seconds
+    bar = Progress(cfg.iterations, "Algorithm 1", initial=start, extra=mte_eta)
+    for it in range(start + 1, cfg.iterations + 1):
+        last = zero_shot_iteration(*networks, opt_s, opt_g, cfg)
+        sums, count = {k: sums.get(k, 0) + v for k, v in iteration_stats(last).items()}, count + 1  # no sync
+        sched_s.step(), sched_g.step()
+        bar.update()
+        log_now = it % cfg.log_every == 0 or it == cfg.iterations
+        save_now = it % cfg.checkpoint_every == 0 or it == cfg.iterations or stop.signal
+        if not (log_now or save_now):
+            continue
+        means = {k: v / count for k, v in sums.items()}
+        bad = [k for k in ("loss_generator", "loss_student") if not torch.isfinite(means[k])]
+        if bad:  # checked before the checkpoint is written, so the last good one stays
+            raise UserError(f"{' and '.join(bad)} became nan or inf in iterations {it - count + 1}-{it}; "
+                            f"{stop.saved.replace('stays', 'is intact')} (try a lower learning rate, or no --amp)")
+        if log_now:
+            s_pred = predict(student, test_images, mean, std)
+            hist = (means.pop("teacher_classes") / cfg.batch_size).tolist()
+            rows.append({"iteration": it, **{k: v.item() for k, v in means.items()},
+                         "student_test_acc": (s_pred == test_labels).float().mean().item(),
+                         "agreement": (s_pred == t_pred).float().mean().item(),
+                         "lr_student": sched_s.get_last_lr()[0], "lr_generator": sched_g.get_last_lr()[0],
+                         **{f"teacher_class_{c}": h for c, h in enumerate(hist)}, "seconds": time.time() - t0})
+            write_csv(metrics, rows)
+            grid = save_samples(generator, teacher, z_grid, mean, std, names, out / f"samples_{it:06d}.png")
+            plot_training(rows, out / "training.png")
+            if board:
+                log_tensorboard(board, rows[-1], grid, last, it)
+            bar.note(f"student {rows[-1]['student_test_acc']:.2%} (agrees with teacher {rows[-1]['agreement']:.2%})"
+                     f" | loss_S {rows[-1]['loss_student']:.4f} | loss_G {rows[-1]['loss_generator']:.4f}")
+            sums, count = {}, 0
+        if save_now:
+            checkpoint(it)
+        if stop.signal:
+            bar.close()
+            raise Stopped(f"{stop.signal} after iteration {it}; checkpoint saved; continue with: {resume_command}",
+                          stop.signum)
+    bar.close()
+    stop.at_once = f"during the final evaluation, after the last checkpoint; continue with: {resume_command}"
     s_pred = predict(student, test_images, mean, std)
     student_acc = (s_pred == test_labels).float().mean().item()
     save_atomic(model_checkpoint(student, cfg.student, cfg.dataset, mean, std, test_images.shape[-1],
@@ -624,13 +641,35 @@ def _train(cfg, teacher, test_images, test_labels, mean, std, out, device, state
     summary = {"dataset": cfg.dataset, "teacher": cfg.teacher, "student": cfg.student, "iterations": cfg.iterations,
                "seed": cfg.seed, "device": device, "device_name": device_name(device), "teacher_test_acc": teacher_acc,
                "student_test_acc": student_acc, "student_teacher_ratio": student_acc / max(teacher_acc, 1e-12),
-               "mte": mte, "seconds": time.time() - t0,
-               "classes": list(classes or range(C)), "teacher_per_class_acc": per_class(t_pred),
-               "student_per_class_acc": per_class(s_pred),
-               "teacher_classes_last_pseudo_batch": last["teacher_classes"].int().tolist() if last else None,
-               "config": dataclasses.asdict(cfg)}
+               "mte": mte, "seconds": time.time() - t0, "classes": names,
+               "teacher_per_class_acc": per_class(t_pred), "student_per_class_acc": per_class(s_pred),
+               "teacher_classes_last_pseudo_batch": last["teacher_probs"].argmax(1).bincount(minlength=C).tolist()
+               if last else None, "config": dataclasses.asdict(cfg)}
     write_json(out / "summary.json", summary)
+    if board:
+        board.close()
     return Run(student, generator, summary)
+
+
+def iteration_stats(out):
+    """What the run logs of one iteration, on the device: both losses, the teacher's and student's
+    mean top-class probability on the pseudo batch, and the teacher's class counts."""
+    t, s = out["teacher_probs"], out["student_probs"]
+    return {"loss_generator": out["loss_generator"], "loss_student": out["loss_student"],
+            "teacher_confidence": t.amax(1).mean(), "student_confidence": s.amax(1).mean(),
+            "teacher_classes": torch.bincount(t.argmax(1), minlength=t.shape[1]).float()}
+
+
+def transition_seconds(stepped, observed, images, mean, std, cfg):
+    """An estimate of the final transition curves' time, for the ETA: one real step on one chunk, timed."""
+    if cfg.mte_images == 0:
+        return 0.0
+    n = min(cfg.mte_images, 512 // 9 + 1)
+    x = normalize(images[:n], mean, std)
+    t = time.time()
+    transition_curves(stepped, observed, x, steps=2)
+    chunks = math.ceil(cfg.mte_images * (stepped.fc.out_features - 1) / 512)
+    return (time.time() - t) / 2 * cfg.mte_steps * chunks
 
 
 def transition_report(stepped, observed, images, labels, mean, std, cfg, out, title="student"):
@@ -639,18 +678,41 @@ def transition_report(stepped, observed, images, labels, mean, std, cfg, out, ti
     if len(x) == 0:
         print("no test image on which both networks agree, so no transition curves (MTE = nan)")
         return float("nan"), None, None
+    bar = Progress(math.ceil(len(x) * (stepped.fc.out_features - 1) / 512) * cfg.mte_steps, f"transition curves "
+                   f"({title})", unit="step")
     p_s, p_o = transition_curves(stepped, observed, x, cfg.mte_steps, cfg.mte_step_size,
-                                 labels=y if cfg.mte_targets == "label" else None)
+                                 labels=y if cfg.mte_targets == "label" else None, progress=bar)
+    bar.close()
     np.savez_compressed(out / "curves.npz", p_stepped=p_s.numpy(), p_observed=p_o.numpy(), labels=y.numpy())
     plot_transition_curves([(title, p_s, p_o)], out / "transition.png")
     return mean_transition_error(p_s, p_o), p_s, p_o
 
 
 @torch.no_grad()
-def save_samples(generator, z, mean, std, path):
-    import torchvision
-    # Batch statistics, as in training; the running statistics this moves are never used.
-    torchvision.utils.save_image(denormalize(generator(z), mean, std), path, nrow=8)
+def labelled_samples(generator, teacher, z, mean, std):
+    """Pseudo images G(z) in [0, 1], the teacher's class for each, and its confidence."""
+    x = generator(z)  # batch statistics, as in training; the running statistics this moves are never used
+    p = teacher(x)[0].float().softmax(1)
+    return denormalize(x, mean, std), p.argmax(1), p.amax(1)
+
+
+def save_samples(generator, teacher, z, mean, std, names, path):
+    """samples_<iteration>.png: the pseudo images of a fixed z, labelled with the teacher's class and confidence."""
+    images, classes, confidence = labelled_samples(generator, teacher, z, mean, std)
+    plot_samples(images, classes, confidence, names, path)
+    return images
+
+
+def show_samples(generator, teacher, mean, std, names, n=64, seed=0):
+    """For a notebook: a figure of n labelled pseudo images of a trained generator."""
+    device = next(generator.parameters()).device
+    z = torch.randn(n, generator.linear.in_features, generator=torch.Generator().manual_seed(seed)).to(device)
+    return plot_samples(*labelled_samples(generator, teacher.eval(), z, mean, std), names)
+
+
+def plot_run(out):
+    """For a notebook: the figure of training.png, drawn from a run directory's metrics.csv."""
+    return plot_training(list(csv.DictReader(open(Path(out) / "metrics.csv"))))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -690,6 +752,8 @@ HELP = {  # one line per Config field, in words, with the paper's symbol where i
     "seed": "random seed of the student's and generator's initialisation and of z",
     "amp": "bf16 autocast for the networks' forward passes, losses in fp32 (opt-in)",
     "compile": "torch.compile the three networks (opt-in; see the README's Benchmarks for when it pays off)",
+    "tensorboard": "also log to RUN_DIR/tensorboard: scalars, sample grids, confidence histograms (needs the "
+                   "optional tensorboard package)",
     "log_every": "iterations between test evaluations, metrics.csv rows and sample grids",
     "checkpoint_every": "iterations between checkpoints (one is also written at the end and on Ctrl-C)",
     "mte_images": "test images for the final transition curves and MTE (N in Section 4.4; 0 skips them)",
@@ -727,6 +791,8 @@ def parse_args(argv):
     p.add_argument("--data-dir", help="where the datasets are, or are downloaded to (default ./data)")
     p.add_argument("--teacher-checkpoint", help="the teacher's file, ours or the author's (default: where "
                    "train_teacher.py saves it, checkpoints/<dataset>-<arch>.pt)")
+    p.add_argument("--image-size", type=int, help="--dataset folder: the size images are resized to (default: "
+                   "the teacher's; 32 for the author's; the aspect ratio is not kept)")
     p.add_argument("--allow-dataset-mismatch", action="store_true",
                    help="use a teacher whose file says it was trained on another dataset or image size")
     p.add_argument("--out", help="run directory (default runs/<dataset>-<teacher>-<student>-<date>-<time>)")
@@ -782,6 +848,9 @@ def main(argv=None):
         if args.seeds and len(set(args.seeds)) < len(args.seeds):
             raise UserError(f"--seeds {' '.join(map(str, args.seeds))} repeats a seed; give each seed once")
         cfg = validate(make_config(**{"dataset": "shapes", **given}))
+        if cfg.dataset == "folder" and args.data_dir is None:
+            raise UserError("--dataset folder needs --data-dir DIR, a folder with DIR/train/<class>/* and "
+                            "DIR/test/<class>/* images")
         seeds, data_dir = args.seeds or [cfg.seed], Path(args.data_dir or "./data").resolve()
         teacher_path = Path(args.teacher_checkpoint or default_teacher_path(cfg.dataset, cfg.teacher, data_dir)).resolve()
     if not teacher_path.is_file():
@@ -789,7 +858,12 @@ def main(argv=None):
                         command("train_teacher.py", "--dataset", cfg.dataset, "--arch", cfg.teacher,
                                 *(["--data-dir", data_dir] if cfg.dataset == "folder" else [])) +
                         ", or pass --teacher-checkpoint")
-    test_images, test_labels, classes = load_dataset(cfg.dataset, "test", data_dir)
+    if args.image_size is not None and (cfg.dataset != "folder" or args.image_size < 8):
+        raise UserError("--image-size applies to --dataset folder only, and must be at least 8")
+    raw = load_checkpoint(teacher_path)  # a folder's images are resized to its teacher's size unless told otherwise
+    size = (saved.get("image_size") if args.resume else args.image_size) or \
+        (raw.get("image_size") if isinstance(raw, dict) else None) or 32
+    test_images, test_labels, classes = load_dataset(cfg.dataset, "test", data_dir, size)
     # The architecture comes from the file unless --teacher was given explicitly.
     teacher, meta = load_model(teacher_path, given.get("teacher"), len(classes))
     check_teacher(meta, cfg.dataset, test_images.shape[-1], teacher_path, args.allow_dataset_mismatch or args.resume)
@@ -806,21 +880,24 @@ def main(argv=None):
                                resume_command=hint).summary
 
     if len(seeds) == 1:
-        return report([run(seeds[0], out, args.resume)], out)
+        summary = run(seeds[0], out, args.resume)
+        with tee(out / "log.txt"):
+            return report([summary], out)
     with run_lock(out):
         if not args.resume:
             prepare_run_dir(out, overwrite=args.overwrite)
-            write_json(out / "config.json", {"config": dataclasses.asdict(cfg), "seeds": seeds,
+            write_json(out / "config.json", {"config": dataclasses.asdict(cfg), "seeds": seeds, "image_size": size,
                                              "teacher_checkpoint": str(teacher_path), "data_dir": str(data_dir)})
-        summaries = []
-        for i, seed in enumerate(seeds, 1):
-            sub = out / f"seed{seed}"
-            done = (sub / "summary.json").is_file()
-            print(f"== seed {seed} ({i} of {len(seeds)}): {sub}" + (", finished earlier" if done else ""))
-            summaries.append(json.loads((sub / "summary.json").read_text()) if done else run(seed, sub, sub.exists()))
-        write_json(out / "aggregate.json", {"seeds": seeds, **{k: mean_std([s[k] for s in summaries]) for k in
-                                            ("teacher_test_acc", "student_test_acc", "student_teacher_ratio", "mte")}})
-    report(summaries, out)
+        with tee(out / "log.txt"):
+            summaries = []
+            for i, seed in enumerate(seeds, 1):
+                sub = out / f"seed{seed}"
+                done = (sub / "summary.json").is_file()
+                print(f"== seed {seed} ({i} of {len(seeds)}): {sub}" + (", finished earlier" if done else ""))
+                summaries.append(json.loads((sub / "summary.json").read_text()) if done else run(seed, sub, sub.exists()))
+            write_json(out / "aggregate.json", {"seeds": seeds, **{k: mean_std([s[k] for s in summaries]) for k in (
+                "teacher_test_acc", "student_test_acc", "student_teacher_ratio", "mte")}})
+            report(summaries, out)
 
 
 def panel_names(paths):

@@ -14,6 +14,7 @@ import shlex
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -201,7 +202,7 @@ def run_lock(out):
     try:
         yield out
     except (UserError, OSError):
-        if created and {p.name for p in out.iterdir()} <= {".lock", "config.json"}:
+        if created and {p.name for p in out.iterdir()} <= {".lock", "config.json", "log.txt", "teacher.pt"}:
             shutil.rmtree(out, ignore_errors=True)
         raise
     finally:
@@ -213,8 +214,8 @@ class StopOnSignal:
     after each step, so it can save a checkpoint and exit cleanly. A second Ctrl-C stops at once,
     naming the checkpoint that survives (`saved`, which the loop keeps up to date)."""
 
-    def __init__(self, saved="no checkpoint has been written yet"):
-        self.saved = saved
+    def __init__(self, saved="no checkpoint had been written yet"):
+        self.saved, self.at_once = saved, None  # at_once: a message, when there is nothing left to save
 
     def __enter__(self):
         self.signal, self.signum, self.previous = None, None, {}
@@ -223,6 +224,8 @@ class StopOnSignal:
         return self
 
     def _handle(self, signum, frame):
+        if self.at_once:
+            raise Stopped(f"{signal.Signals(signum).name} {self.at_once}", signum)
         if self.signal:
             raise KeyboardInterrupt(f"stopped at once without saving; {self.saved}")
         self.signal, self.signum = signal.Signals(signum).name, signum
@@ -270,13 +273,11 @@ def report(summaries, out):
                                                                   (["aggregate.json"] if n > 1 else []))]))
 
 
-def plot_transition_curves(panels, path):
+def plot_transition_curves(panels, path=None):
     """Figure 4: per panel (title, p_stepped, p_observed), the mean curves of both networks with
-    +-2 standard-error bands. matplotlib is optional: without it, one line and no plot."""
+    +-2 standard-error bands. Written to `path`, or returned (a notebook shows it) when path is None."""
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
     except ImportError:
         print("matplotlib is not installed, so no transition-curve plot (pip install matplotlib)")
         return None
@@ -291,6 +292,170 @@ def plot_transition_curves(panels, path):
                title=f"{title}: MTE = {(torch.as_tensor(p_stepped) - torch.as_tensor(p_observed)).abs().mean():.3f}")
         ax.legend(loc="upper left")
     fig.tight_layout()
+    return save_or_return(fig, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Watching a run: progress, a copy of the console in the run directory, pictures.
+
+class Progress:
+    """A tqdm bar on a terminal; in a log file (no terminal), a plain line every `every` seconds
+    instead of carriage-return redraws. `note` shows the latest result (a line of its own in a log),
+    and `extra` adds the seconds of the stages after this loop to the ETA of the whole run."""
+
+    def __init__(self, total, desc, initial=0, unit="it", every=60.0, extra=0.0, file=None):
+        self.file, self.every, self.extra, self.desc = file or sys.stderr, every, extra, desc
+        self.total, self.n, self.t0, self.shown, self.note_text = total, initial, time.time(), time.time(), ""
+        self.shown_n = initial
+        self.start = initial
+        self.bar = None
+        if self.file.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, file=self.file, dynamic_ncols=True)
+
+    def eta(self):
+        done = self.n - self.start
+        left = (time.time() - self.t0) / done * (self.total - self.n) if done else float("nan")
+        return left + self.extra
+
+    def update(self, n=1):
+        self.n += n
+        if self.bar is not None:
+            self.bar.update(n)
+            if self.extra:
+                self.bar.set_postfix_str(f"{self.note_text}; whole run ETA {format_time(self.eta())}", refresh=False)
+        elif time.time() - self.shown >= self.every:
+            self.line()
+
+    def note(self, text):
+        self.note_text = text
+        if self.bar is not None:
+            self.bar.set_postfix_str(text + (f"; whole run ETA {format_time(self.eta())}" if self.extra else ""))
+        self.line(text)
+
+    def line(self, text=None):
+        """One plain line: in a log file always, on a terminal only for notes (above the bar)."""
+        self.shown, self.shown_n = time.time(), self.n
+        rate = (self.n - self.start) / max(time.time() - self.t0, 1e-9)
+        msg = (f"{self.desc} {self.n}/{self.total} | {rate:.2f} it/s | whole run ETA {format_time(self.eta())}"
+               + (f" | {text}" if text else ""))
+        if self.bar is not None:
+            self.bar.write(msg, file=self.file) if text else None
+        else:
+            print(msg, file=self.file, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        elif self.shown_n != self.n:  # a log file gets the last state of every loop
+            self.line()
+
+
+@contextlib.contextmanager
+def tee(path):
+    """Everything printed to stdout and stderr meanwhile is also appended to `path` (a run's
+    log.txt); a progress bar's redraws (carriage returns) stay on the terminal."""
+    f = open(path, "a", buffering=1)
+
+    class Tee:
+        def __init__(self, stream):
+            self.stream = stream
+
+        def write(self, text):
+            self.stream.write(text)
+            if "\r" not in text:
+                f.write(text)
+            return len(text)
+
+        def __getattr__(self, name):
+            return getattr(self.stream, name)
+
+    old = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = Tee(old[0]), Tee(old[1])
+    try:
+        yield f
+    finally:
+        sys.stdout, sys.stderr = old
+        f.close()
+
+
+def pyplot():
+    """matplotlib.pyplot with a file backend unless a notebook or a display already chose one."""
+    import matplotlib
+    if "inline" not in matplotlib.get_backend().lower() and "ipykernel" not in sys.modules:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_or_return(fig, path):
+    """Write the figure to `path` and close it, or return it (a notebook shows it) when path is None."""
+    if path is None:
+        return fig
     fig.savefig(path)
-    plt.close(fig)
+    pyplot().close(fig)
     return path
+
+
+def plot_training(rows, path=None):
+    """training.png: test accuracy and agreement, both losses (means over each log interval), the
+    teacher's and student's confidence on the pseudo batches, and the learning rates, per iteration."""
+    plt = pyplot()
+    get = lambda k: [float(r[k]) for r in rows]
+    it = get("iteration")
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.2), dpi=100)
+    panels = [("test accuracy", [("student", "student_test_acc"), ("agreement with teacher", "agreement")], (0, 1)),
+              ("loss (interval mean)", [("student L_S", "loss_student"), ("generator -L_G", "loss_generator")], None),
+              ("top-class probability on pseudo images", [("teacher", "teacher_confidence"),
+                                                         ("student", "student_confidence")], (0, 1)),
+              ("learning rate", [("student", "lr_student"), ("generator", "lr_generator")], None)]
+    for ax, (title, series, ylim) in zip(axes, panels):
+        for label, key in series:
+            ax.plot(it, [-v for v in get(key)] if key == "loss_generator" else get(key), label=label, marker=".")
+        ax.set(title=title, xlabel="iteration", ylim=ylim)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_or_return(fig, path)
+
+
+def plot_samples(images, classes, confidences, names, path=None, columns=8):
+    """A grid of pseudo images (N, 3, H, W in [0, 1]), each labelled with the class the teacher sees
+    in it and the teacher's confidence: what the generator is "drawing"."""
+    import torchvision
+    plt = pyplot()
+    n, (h, w), pad = len(images), images.shape[-2:], 2
+    grid = torchvision.utils.make_grid(images.cpu(), nrow=columns, padding=pad, pad_value=1.0)
+    rows = math.ceil(n / columns)
+    fig = plt.figure(figsize=(columns * 1.1, rows * 1.1), dpi=110)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+    ax.axis("off")
+    for i, (c, p) in enumerate(zip(classes, confidences)):
+        ax.text(pad + i % columns * (w + pad), pad + i // columns * (h + pad), f"{names[int(c)]} {float(p):.2f}",
+                fontsize=6.5, va="top", ha="left", color="white", bbox=dict(facecolor="black", alpha=.6, pad=1, lw=0))
+    return save_or_return(fig, path)
+
+
+
+def tensorboard_writer(out):
+    """A SummaryWriter in RUN_DIR/tensorboard; the tensorboard package is optional."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard "
+                        "(or leave --tensorboard out: metrics.csv and training.png hold the same numbers)") from None
+    return SummaryWriter(str(Path(out) / "tensorboard"))
+
+
+def log_tensorboard(board, row, images, probs, step):
+    """What the author's logger showed: the scalars, the sample grid, and histograms of the teacher's and
+    student's top-class probability and of the teacher's classes on the last pseudo batch."""
+    import torchvision
+    for key, value in row.items():
+        if key != "iteration" and not key.startswith("teacher_class_"):
+            board.add_scalar(key, float(value), step)
+    board.add_image("pseudo images", torchvision.utils.make_grid(images, nrow=8), step)
+    for who in ("teacher", "student"):
+        board.add_histogram(f"{who} top-class probability", probs[f"{who}_probs"].amax(1), step)
+    board.add_histogram("teacher class", probs["teacher_probs"].argmax(1), step)
+    board.flush()
