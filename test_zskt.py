@@ -11,6 +11,7 @@ import re
 import shutil
 import signal
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -1444,3 +1445,96 @@ def test_the_readme_notebook_session_runs_as_written_shortened(tmp_path):
     # The run started from Python resumes from the command line: config.json names its teacher and data.
     saved = json.loads((tmp_path / "runs" / "notebook" / "config.json").read_text())
     assert Path(saved["teacher_checkpoint"]).is_file() and saved["config"]["iterations"] == 2
+
+
+# --- reproduce.py: the paper's tables and figure from one command -----------------------------------
+
+import reproduce  # noqa: E402  (here, next to its tests)
+
+
+def listed(*args):
+    r = subprocess.run([sys.executable, str(HERE / "reproduce.py"), *args, "--list"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return [line for line in r.stdout.splitlines() if not line.startswith("#")]
+
+
+def test_the_paper_plans_list_every_run_once_in_dependency_order(tmp_path):
+    # Table 1: 4 architectures x 3 seeds from scratch, then 6 pairs x 3 seeds of KD+AT (M = 200) and of zero-shot.
+    # Table 2: per dataset the WRN-40-2 teacher, a zero-shot and a KD+AT WRN-16-1 student, their curves.
+    # Figure 2: per dataset the teacher, 3 zero-shot seeds, and 5 M x 3 seeds of no teacher, KD+AT and fine-tuning.
+    # All: shared runs once: 48 + (1 + 4) + (45 + 47).
+    counts = {"table1": 4 * 3 + 6 * 3 * 2, "table2": 2 * 4, "figure2": 2 * (1 + 3 + 5 * 3 * 3), "all": 48 + 5 + 45 + 47}
+    for plan, n in counts.items():
+        lines = listed(plan, "--results", str(tmp_path / "r"))
+        assert len(lines) == n, plan
+        outs = [re.search(r"--out (\S+)", line)[1] for line in lines]
+        assert len(set(outs)) == n  # every run its own directory
+        for i, line in enumerate(lines, 1):
+            number, after = re.search(r"# \[(\d+)\] stage (\d+)(?:, after (.*))?$", line).group(1, 3)
+            assert int(number) == i and all(int(d) < i for d in (after or "").split(", ") if d)
+    lines = listed("all", "--results", str(tmp_path / "r"))
+    text = "\n".join(lines)
+    assert "--distill-from " + str(tmp_path / "r" / "runs" / "cifar10" / "scratch-wrn-40-2-seed0" / "model.pt") in text
+    assert text.count("zskt.py curves") == 2 and text.count("--finetune-from") == 30
+    stage1 = listed("all", "--results", str(tmp_path / "r"), "--stage", "1")
+    assert stage1 and all("train_teacher.py" in line and "--distill-from" not in line and "--finetune-from" not in line
+                          for line in stage1)
+
+
+def test_the_tiny_pipeline_runs_skips_resumes_and_reports(tmp_path, capsys):
+    results = tmp_path / "r"
+    run = lambda *flags: reproduce.main(["all", "--smoke", "--in-process", "--results", str(results), *flags])
+    run()
+    for name in ("table1.md", "table2.md", "figure2.md", "figure2.png"):
+        assert (results / name).is_file(), name
+    for name in ("table1.md", "table2.md", "figure2.md"):
+        assert "missing" not in (results / name).read_text(), name
+    table1 = (results / "table1.md").read_text()
+    zs = json.loads((results / "runs" / "shapes" / "zeroshot-wrn-40-2-wrn-16-1-seed0" / "summary.json").read_text())
+    assert f"| WRN-40-2 → WRN-16-1 | zero-shot (ours), M = 0 | 83.69 ± 0.58 | {100 * zs['student_test_acc']:.2f} ± 0.00 | 1 |" in table1
+    capsys.readouterr()
+    run()  # everything finished: nothing runs again
+    assert "32 runs, 32 finished earlier" in capsys.readouterr().out
+    # Two runs stopped before writing their result: each resumes through its script's own --resume.
+    zs_dir, ft_dir = results / "runs" / "shapes" / "zeroshot-wrn-40-2-wrn-16-1-seed0", results / "runs" / "shapes" / "finetune-wrn-40-2-wrn-16-1-m10-seed0"
+    (zs_dir / "summary.json").unlink(), (ft_dir / "model.pt").unlink()
+    untouched = (results / "runs" / "shapes" / "kdat-wrn-40-2-wrn-16-1-m10-seed0" / "model.pt").stat().st_mtime
+    run()
+    out = capsys.readouterr().out
+    assert "32 runs, 30 finished earlier" in out and out.count("(stopped)") == 2
+    assert (zs_dir / "summary.json").is_file() and (ft_dir / "model.pt").is_file()
+    assert (results / "runs" / "shapes" / "kdat-wrn-40-2-wrn-16-1-m10-seed0" / "model.pt").stat().st_mtime == untouched
+
+
+def test_reproduce_survives_a_kill_at_any_point(tmp_path):
+    """The real thing: a subprocess per run, killed (SIGKILL, no cleanup) in the middle of a run, then
+    started again until it finishes."""
+    cmd = [sys.executable, str(HERE / "reproduce.py"), "table2", "--smoke", "--results", str(tmp_path / "r")]
+    for delay in (4.0, 9.0):  # the second kill lands in a later run
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(delay)
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "missing" not in (tmp_path / "r" / "table2.md").read_text()
+
+
+def test_reproduce_refuses_mixed_results_and_reports_failed_runs(tmp_path, capsys):
+    results = tmp_path / "r"
+    reproduce.check_results_dir(results, "smoke")
+    with pytest.raises(zskt.UserError, match="holds runs of scale 'smoke'"):
+        reproduce.check_results_dir(results, "tiny")
+    teacher = results / "runs" / "shapes" / "scratch-wrn-40-2-seed0"
+    teacher.mkdir(parents=True)
+    (teacher / "model.pt").write_bytes(b"not a checkpoint")  # "finished", but unreadable: its students fail
+    code, err = run_main_of(reproduce.main, ["table2", "--smoke", "--in-process", "--results", str(results)], capsys)
+    assert code == 2 and "runs did not finish" in err and "shapes/zeroshot-wrn-40-2-wrn-16-1-seed0" in err
+    assert "log: " + str(results / "logs") in err and "blocked: needs" in err
+    assert "missing" in (results / "table2.md").read_text()  # never a zero
+
+
+def run_main_of(main, args, capsys):
+    with pytest.raises(SystemExit) as e:
+        zskt.run_cli(lambda: main(args))
+    return e.value.code, capsys.readouterr().err.strip()

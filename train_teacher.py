@@ -6,6 +6,7 @@ with the recipe of the author's FewShotKnowledgeTransfer code (main.py, solver.p
     python train_teacher.py --dataset cifar10 --arch wrn-16-1 --samples-per-class 200           # no teacher
     python train_teacher.py --dataset cifar10 --arch wrn-16-1 --samples-per-class 200 \\
         --distill-from checkpoints/cifar10-wrn-40-2.pt                                           # KD+AT
+    python train_teacher.py --dataset cifar10 --samples-per-class 10 --finetune-from runs/X/student.pt  # Ours, M = 10
 
 Runs live in --out (default runs/<name>): checkpoint.pt holds everything needed by --resume and
 model.pt the final model. A full-data run without a teacher or --out is also saved where
@@ -34,7 +35,7 @@ PRESETS = {
     "shapes": dict(epochs=4, lr=0.1, batch_size=128, augment=False),
 }
 # The flags that define a run: --resume takes them from the checkpoint and refuses different ones.
-RECIPE = ("dataset", "arch", "epochs", "lr", "batch_size", "seed", "amp", "mean", "std", "distill_from",
+RECIPE = ("dataset", "arch", "epochs", "lr", "batch_size", "seed", "amp", "mean", "std", "distill_from", "finetune_from",
           "samples_per_class", "few_shot_schedule", "max_steps", "data_dir", "image_size", "teacher_copy")
 
 
@@ -164,11 +165,11 @@ def train(model, teacher, optimizer, images, labels, mean, std, args, epoch, fir
     return log
 
 
-def save_state(model, optimizer, scheduler, epoch, step, args):
+def save_state(model, optimizer, scheduler, epoch, step, args, seconds=0.0):
     """Everything --resume needs, written atomically: a kill never leaves half a file."""
     zskt.save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                       "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step, "rng": zskt.rng_state(),
-                      "args": {k: getattr(args, k) for k in RECIPE}}, Path(args.out) / "checkpoint.pt")
+                      "seconds": seconds, "args": {k: getattr(args, k) for k in RECIPE}}, Path(args.out) / "checkpoint.pt")
 
 
 def resolve(args):
@@ -176,7 +177,7 @@ def resolve(args):
     validate them. Paths are stored resolved, so a run resumes from any working directory.
     Returns the resume checkpoint or None."""
     given = {k: getattr(args, k) for k in RECIPE if getattr(args, k, None) is not None}
-    for k in ("data_dir", "distill_from"):
+    for k in ("data_dir", "distill_from", "finetune_from"):
         if k in given:
             given[k] = str(Path(given[k]).resolve())
     dataset = given.get("dataset", "shapes")
@@ -185,16 +186,22 @@ def resolve(args):
                              "DIR/test/<class>/* images")
     if "image_size" in given and (dataset != "folder" or given["image_size"] < 8):
         raise zskt.UserError("--image-size applies to --dataset folder only, and must be at least 8")
-    arch = given.get("arch") or zskt.make_config(dataset).teacher  # by default, the teacher zskt.py expects
     zskt.make_config(dataset)  # refuses unknown datasets
-    m, teacher = given.get("samples_per_class", -1), given.get("distill_from")
+    m, teacher, init = given.get("samples_per_class", -1), given.get("distill_from"), given.get("finetune_from")
+    if teacher and init:
+        raise zskt.UserError("--distill-from and --finetune-from exclude each other; pass one of them")
+    if init and not Path(init).is_file():
+        raise zskt.UserError(f"--finetune-from: no checkpoint file at {init}")
+    # By default the teacher zskt.py expects, or the architecture of the network being fine-tuned.
+    arch = given.get("arch") or (zskt.infer_arch(zskt.load_model(init)[0].state_dict())[0] if init
+                                 else zskt.make_config(dataset).teacher)
     data_dir = given.get("data_dir", str(Path("./data").resolve()))
     teacher_path = zskt.default_teacher_path(dataset, arch, data_dir)
     if args.out is None:
-        args.out = (f"runs/{teacher_path.stem}"
-                    f"{f'-kdat-{Path(teacher).stem}' if teacher else ''}{f'-m{m}' if m != -1 else ''}"
+        args.out = (f"runs/{teacher_path.stem}{f'-kdat-{Path(teacher).stem}' if teacher else ''}"
+                    f"{f'-finetune-{Path(init).parent.name}' if init else ''}{f'-m{m}' if m != -1 else ''}"
                     f"-seed{given.get('seed', 0)}")
-        if teacher is None and m == -1:  # a full-data run is a teacher: save it where zskt.py looks
+        if teacher is None and init is None and m == -1:  # a full-data run is a teacher: save it where zskt.py looks
             given["teacher_copy"] = str(teacher_path.resolve())
     args.out = str(Path(args.out).resolve())
     resumed = None
@@ -210,8 +217,10 @@ def resolve(args):
                                      f"drop {flag} or start a new run with another --out")
         given = resumed["args"]
     defaults = dict(PRESETS[dataset], dataset=dataset, arch=arch, seed=0, amp=False, samples_per_class=-1, mean=None,
-                    std=None, distill_from=None, max_steps=None, data_dir=data_dir, teacher_copy=None,
-                    few_shot_schedule="author", image_size=32)
+                    std=None, distill_from=None, finetune_from=None, max_steps=None, data_dir=data_dir,
+                    teacher_copy=None, few_shot_schedule="author", image_size=32)
+    if init:  # fine-tuning: refine what the network knows, with a tenth of the learning rate and of the epochs
+        defaults.update(lr=0.01, epochs=max(1, PRESETS[dataset]["epochs"] // 10))
     for k in RECIPE:
         setattr(args, k, given.get(k, defaults.get(k)))
     zskt.wrn(args.arch)  # unknown architectures fail here, before any data is loaded
@@ -241,6 +250,8 @@ def main(argv=None):
     teacher, t_ckpt = zskt.load_model(args.distill_from) if args.distill_from else (None, {})
     train_x, train_y, classes = zskt.load_dataset(args.dataset, "train", args.data_dir, args.image_size)
     test_x, test_y, _ = zskt.load_dataset(args.dataset, "test", args.data_dir, args.image_size)
+    init, i_ckpt = zskt.load_model(args.finetune_from, args.arch, len(classes)) if args.finetune_from else (None, {})
+    t_ckpt = t_ckpt or i_ckpt  # a fine-tuned network keeps the normalisation it was trained with
     t_data = (t_ckpt.get("dataset") or args.dataset, teacher.fc.out_features) if teacher else None
     if t_data not in (None, (args.dataset, len(classes))):
         raise zskt.UserError(f"{args.distill_from} holds a teacher for {t_data[0]} with {t_data[1]} classes, "
@@ -255,21 +266,25 @@ def main(argv=None):
     subset = per_class_subset(train_y, args.samples_per_class, args.seed)
     epochs, milestones = schedule(args.epochs, len(train_y), len(classes), args.samples_per_class,
                                   scale_n_iters(args.dataset, args.samples_per_class, args.few_shot_schedule))
-    every = max(1, epochs // 200)  # evaluate and save <= 200 times (few-shot runs have many tiny epochs)
+    # Evaluate and save at most 200 times, and at least 100 steps apart: few-shot runs have many tiny epochs.
+    every = max(1, epochs // 200, math.ceil(100 / steps_per_epoch(len(subset), args.batch_size, args.max_steps)))
     args.checkpoint_every = args.checkpoint_every or every
     with zskt.run_lock(args.out):
         if not args.resume:
             zskt.prepare_run_dir(args.out, overwrite=args.overwrite)
         with zskt.tee(Path(args.out) / "log.txt"):  # the console, also in the run directory
             fit(args, device, teacher, resumed, train_x[subset], train_y[subset], test_x, test_y, len(classes),
-                epochs, milestones, every)
+                epochs, milestones, every, init)
 
 
-def fit(args, device, teacher, resumed, images, labels, test_x, test_y, n_classes, epochs, milestones, every):
-    """Trains `args.arch` for `epochs` from scratch or from `resumed`; writes model.pt (and the teacher copy)."""
+def fit(args, device, teacher, resumed, images, labels, test_x, test_y, n_classes, epochs, milestones, every, init=None):
+    """Trains `args.arch` for `epochs` from scratch, from `init` (fine-tuning) or from `resumed`; writes
+    model.pt and summary.json (and the teacher copy)."""
     zskt.seed_everything(args.seed)
     # channels_last: faster convolutions on GPUs, and measured ~20% faster on this CPU too
     model = zskt.wrn(args.arch, n_classes).to(device, memory_format=torch.channels_last)
+    if init is not None:
+        model.load_state_dict(init.state_dict())
     optimizer = sgd(model, args.lr)
     # The author calls scheduler.step(epoch) after each epoch, so each decay takes effect one epoch
     # after its milestone; milestones + 1 with a plain step() reproduces that.
@@ -290,13 +305,13 @@ def fit(args, device, teacher, resumed, images, labels, test_x, test_y, n_classe
     images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
     test_x = test_x.to(device)
     what = f"KD+AT from {args.distill_from}" if teacher is not None else "cross-entropy"
-    drops = [m + 1 for m in milestones if m + 1 < epochs]  # the epochs after which the lr is multiplied by 0.2
+    drops = sorted({m + 1 for m in milestones if m + 1 < epochs})  # the epochs after which the lr is multiplied by 0.2
     print(f"{args.arch} on {args.dataset} ({len(images)} train / {len(test_x)} test images), {what}, {epochs} epochs, "
           f"batch {min(args.batch_size, len(images))}, lr {args.lr}" +
           (f" (x0.2 after epoch{'s' * (len(drops) > 1)} {', '.join(map(str, drops))})" if drops else "") +
           f", {device}; run dir {args.out}")
 
-    start, test_acc = time.time(), None
+    start, test_acc = time.time() - (resumed or {}).get("seconds", 0.0), None  # wall time across resumes
     fresh = lambda: dict(loss=0.0, correct=0, seen=0, train_s=0.0)  # per-report sums
     agg, per_epoch = fresh(), steps_per_epoch(len(images), args.batch_size, args.max_steps)
     bar = zskt.Progress(epochs * per_epoch, "training", initial=epoch * per_epoch + step, unit="step")
@@ -311,7 +326,7 @@ def fit(args, device, teacher, resumed, images, labels, test_x, test_y, n_classe
                 epoch, step = epoch + 1, 0
                 scheduler.step()
             if stop.signal:
-                save_state(model, optimizer, scheduler, epoch, step, args)
+                save_state(model, optimizer, scheduler, epoch, step, args, time.time() - start)
                 bar.close()
                 raise zskt.Stopped(f"{stop.signal}: saved {args.out}/checkpoint.pt (next: epoch {epoch + 1}, step "
                                    f"{step + 1}); continue with: "
@@ -323,13 +338,13 @@ def fit(args, device, teacher, resumed, images, labels, test_x, test_y, n_classe
                          f"{agg['seen'] / agg['train_s']:.0f} img/s")
                 agg = fresh()
             if epoch % args.checkpoint_every == 0 or epoch == epochs:
-                save_state(model, optimizer, scheduler, epoch, 0, args)
+                save_state(model, optimizer, scheduler, epoch, 0, args, time.time() - start)
                 stop.saved = f"the last checkpoint, {args.out}/checkpoint.pt (epoch {epoch}), stays"
 
     bar.close()
     if test_acc is None:  # resumed a finished run
         test_acc = zskt.accuracy(model, test_x, test_y, args.mean, args.std)
-    extra = dict(teacher=str(args.distill_from)) if teacher else {}
+    extra = {"teacher": str(args.distill_from)} if teacher else {"finetuned_from": args.finetune_from} if init else {}
     final = zskt.model_checkpoint(model.to("cpu", memory_format=torch.contiguous_format), args.arch, args.dataset,
                                   args.mean, args.std, images.shape[-1], epoch=epochs, test_acc=test_acc,
                                   seed=args.seed, samples_per_class=args.samples_per_class, **extra)
@@ -340,6 +355,10 @@ def fit(args, device, teacher, resumed, images, labels, test_x, test_y, n_classe
         except OSError as e:
             raise zskt.UserError(f"cannot write {path} ({e.strerror})") from None
         print(f"saved {path}: {args.arch}, test accuracy {test_acc:.2%}, {(time.time() - start) / 60:.1f} min")
+    zskt.write_json(Path(args.out) / "summary.json", {
+        "arch": args.arch, "dataset": args.dataset, "samples_per_class": args.samples_per_class, "seed": args.seed,
+        "test_acc": test_acc, "epochs": epochs, "seconds": time.time() - start, "device": str(device),
+        "device_name": zskt.device_name(device), **extra, "recipe": {k: getattr(args, k) for k in RECIPE}})
 
 
 def parse_args(argv=None):
@@ -364,6 +383,9 @@ def parse_args(argv=None):
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory / teacher file")
     p.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints (default: every evaluation)")
     p.add_argument("--distill-from", metavar="TEACHER_CKPT", help="train with KD+AT from this teacher's file")
+    p.add_argument("--finetune-from", metavar="NETWORK_CKPT", help="start from this network (e.g. a zero-shot "
+                   "student.pt) and fine-tune it with cross-entropy on the --samples-per-class images, as 'Ours' "
+                   "with M > 0 in Figure 2; by default with lr 0.01 and a tenth of the epochs")
     p.add_argument("--samples-per-class", type=int, help="M images per class, drawn per seed; -1 = all (default)")
     p.add_argument("--few-shot-schedule", choices=("author", "paper"), help="iterations for M images per class: "
                    "author (default) as the author's scripts, which on SVHN scale them by M/100; paper: the same "

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import csv
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -92,12 +93,17 @@ def make_shapes(n, seed, size=16, chunk=2_000):
     return (torch.cat(images).clamp(0, 1) * 255).round().to(torch.uint8), y
 
 
+@functools.lru_cache(maxsize=4)  # shapes is generated: once per process is enough (reproduce.py's tests reload it often)
+def shapes_split(split):
+    x, y = make_shapes(SHAPES_SIZE[split], seed={"train": 0, "test": 1}[split])
+    return x, y, SHAPES_CLASSES
+
+
 def load_dataset(name, split, data_dir="./data", image_size=32):
     """(images uint8 (N, 3, H, W), labels int64 (N,), class names) of one split, in memory.
     `image_size` applies to folders only, whose images are resized to it (aspect ratio not kept)."""
     if name == "shapes":
-        x, y = make_shapes(SHAPES_SIZE[split], seed={"train": 0, "test": 1}[split])
-        return x, y, SHAPES_CLASSES
+        return shapes_split(split)
     if name == "folder":
         return load_folder(Path(data_dir), split, image_size)
     if name not in ("cifar10", "svhn"):
@@ -955,7 +961,7 @@ def curves_main(argv):
         students.append(student.to(device))
     cfg = dataclasses.replace(Config(), mte_images=args.images, mte_steps=args.steps, mte_step_size=args.step_size,
                               mte_targets=args.mte_targets)
-    out = Path(args.out or f"runs/curves-{time.strftime('%Y%m%d-%H%M%S')}")
+    out, t0 = Path(args.out or f"runs/curves-{time.strftime('%Y%m%d-%H%M%S')}"), time.time()
     with run_lock(out):
         prepare_run_dir(out, overwrite=args.overwrite)
         panels, result = [], {}
@@ -968,7 +974,8 @@ def curves_main(argv):
                   f"(N={args.images}, K={args.steps}, xi={args.step_size}, targets: {args.mte_targets})")
         if panels:
             plot_transition_curves(panels, out / "transition.png")
-        write_json(out / "mte.json", {**vars(args), "mte": result, "dataset": dataset,
+        write_json(out / "mte.json", {**vars(args), "mte": result, "dataset": dataset, "seconds": time.time() - t0,
+                                      "device_name": device_name(device),
                                       "files": dict(zip(names, map(str, args.student_checkpoint)))})
     print(f"written to {out}/: " + ", ".join(sorted(p.name for p in out.iterdir() if not p.name.startswith("."))))
 

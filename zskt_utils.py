@@ -50,6 +50,9 @@ def run_cli(main):
     except KeyboardInterrupt as e:
         print(f"interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # `... --list | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 def command(script, *args):
