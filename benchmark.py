@@ -16,6 +16,7 @@ Ratios are meaningful within one run only: these machines are noisy, so every ta
 variants one after another in one process.
 """
 import argparse
+import json
 import re
 import time
 import warnings
@@ -26,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import zskt
+import zskt_utils
 
 
 # ----------------------------------------------------------------------------------------------
@@ -102,7 +104,7 @@ GPU_PEAK = {"H200": (67, 495, 989), "H100 PCIe": (51, 378, 756), "H100": (67, 49
 
 
 def cpu_flags():
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    text = zskt_utils.cpu_info()
     flags = set(re.search(r"^flags\s*:(.*)$", text, re.M)[1].split()) if "flags" in text else set()
     mhz = [float(m) for m in re.findall(r"^cpu MHz\s*:\s*([\d.]+)", text, re.M)]
     return flags, (max(mhz) * 1e6 if mhz else None)
@@ -158,7 +160,7 @@ def flops(fn):
     return counter.get_total_flops()
 
 
-def setup(pair, cfg, device, ours=True, compile=False, image_size=32):
+def setup(pair, cfg, device, ours=True, compile=False, image_size=32):  
     """Seeded teacher, student, generator and their optimizers, laid out as ours or as the author's."""
     torch.manual_seed(0)
     teacher, student = zskt.wrn(pair[0]).eval(), zskt.wrn(pair[1])
@@ -189,12 +191,12 @@ def bench_zskt(args, device, out=print):
             cfg = zskt.Config(batch_size=args.batch_size, n_s=args.n_s, amp=v["amp"])
             ours = v.get("ours", True)
             step = zskt.zero_shot_iteration if ours else author_zero_shot_iteration
-            nets, opts = setup(pair, cfg, device, ours, v["compile"])
+            nets, opts = setup(pair, cfg, device, ours, v["compile"], args.image_size)
             t0 = time.perf_counter()
             for _ in range(2 if v["compile"] else 1):  # warm-up (compilation happens here)
                 step(*nets, *opts, cfg)
             warm = time.perf_counter() - t0
-            eager = setup(pair, cfg, device, ours)  # compiled code hides its FLOPs from the counter: count eager twins
+            eager = setup(pair, cfg, device, ours, image_size=args.image_size)  # compiled code hides its FLOPs: count eager twins
             count = flops(lambda: step(*eager[0], *eager[1], cfg))
             s = timed(lambda: [step(*nets, *opts, cfg) for _ in range(args.repeats)], device) / args.repeats
             base = base or s
@@ -205,7 +207,8 @@ def bench_zskt(args, device, out=print):
 
 
 def table(rows, device, args):
-    lines = [f"Outer iterations of Algorithm 1, batch {args.batch_size}, n_s {args.n_s}, {zskt.device_name(device)}, "
+    lines = [f"Outer iterations of Algorithm 1, batch {args.batch_size}, n_s {args.n_s}, {args.image_size}x{args.image_size}, "
+             f"{zskt.device_name(device)}, "
              f"torch {torch.__version__}; {args.repeats} timed iterations each after warm-up, one process.", "",
              "| pair | variant | s / iteration | vs author | GFLOP / iteration | GFLOP/s | % of peak |",
              "|---|---|---|---|---|---|---|"]
@@ -224,7 +227,7 @@ def bench_phases(args, device, out=print):
     lines = ["| pair | phase | ms | GFLOP | GFLOP/s | % of peak |", "|---|---|---|---|---|---|"]
     top = peak(device, args.amp)[0]
     for pair in args.pairs:
-        (teacher, student, generator), (opt_s, opt_g) = setup(pair, cfg, device)
+        (teacher, student, generator), (opt_s, opt_g) = setup(pair, cfg, device, image_size=args.image_size)
         z = torch.randn(cfg.batch_size, cfg.z_dim, device=device)
         state = {}
 
@@ -311,7 +314,7 @@ def bench_gpu(args, device, out=print):
     """Everything that matters on a GPU, in one call of under 10 minutes: a markdown file for the README."""
     if args.device == "auto" and not str(device).startswith("cuda"):
         raise zskt.UserError("benchmark.py gpu needs CUDA; pass --device cpu to try the script on the CPU")
-    args.amp, args.compile = True, True
+    args.amp, args.compile = True, not args.tiny
     parts = [f"# zskt on {zskt.device_name(device)}", "", table(bench_zskt(args, device, out), device, args), "",
              "## Phases (fp32)", "", bench_phases(args, device, out), "", "## Transition curves", "",
              bench_curves(args, device, out), "", "## Teacher data path", "", bench_data(args, device, out)]
@@ -319,11 +322,11 @@ def bench_gpu(args, device, out=print):
     import train_teacher as tt
     with tempfile.TemporaryDirectory() as d:  # one short zero-shot run on shapes, end to end
         t0 = time.perf_counter()
-        tt.main(["--out", f"{d}/teacher", "--device", str(device), *(["--epochs", "1"] if args.tiny else [])])
+        tt.main(["--out", f"{d}/teacher", "--device", str(device), *(["--epochs", "1", "--max-steps", "2"] if args.tiny else [])])
         t1 = time.perf_counter()
         zskt.main(["--teacher-checkpoint", f"{d}/teacher/model.pt", "--out", f"{d}/run", "--device", str(device),
-                   *(["--iterations", "20", "--mte-images", "10"] if args.tiny else [])])
-        summary = zskt.json.loads(Path(f"{d}/run/summary.json").read_text())
+                   *(["--iterations", "2", "--mte-images", "4", "--mte-steps", "2"] if args.tiny else [])])
+        summary = json.loads(Path(f"{d}/run/summary.json").read_text())
     parts += ["", "## The shapes demo", "", f"train_teacher.py {t1 - t0:.0f} s; zskt.py {summary['iterations']} "
               f"iterations {summary['seconds']:.0f} s: student {summary['student_test_acc']:.2%}, MTE {summary['mte']:.3f}"]
     Path(args.out).write_text("\n".join(parts) + "\n")
@@ -337,6 +340,7 @@ def main(argv=None):
                    help="teacher:student pairs (default: wrn-40-2:wrn-16-1 wrn-16-2:wrn-16-1)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--n-s", type=int, default=10)
+    p.add_argument("--image-size", type=int, default=32, help="32 (CIFAR-10, SVHN) or 16 (the shapes demo)")
     p.add_argument("--repeats", type=int, default=3, help="timed outer iterations per variant")
     p.add_argument("--amp", action="store_true", help="also measure bf16 autocast")
     p.add_argument("--compile", action="store_true", help="also measure torch.compile")

@@ -3,7 +3,7 @@
 
     python reproduce.py table1 --list                # the runs, one command a line, in dependency order
     python reproduce.py table1                       # run what is missing, resume what was stopped, report
-    python reproduce.py all --report                 # only the report: results/*.md and results/figure2.png
+    python reproduce.py all --report                 # only the report: results/paper/table1.md, table2.md, figure2.png
     python reproduce.py all --scale tiny             # the same plans on the built-in shapes data, on a CPU
 
 A plan is a list of runs, each one command of train_teacher.py or zskt.py with its own run
@@ -15,15 +15,15 @@ scheduler instead (SLURM, GNU parallel, a cloud queue).
 import argparse
 import dataclasses
 import json
-import shlex
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 import zskt
-from zskt_utils import pyplot
+from zskt_utils import format_time, pyplot
 
 HERE = Path(__file__).resolve().parent
 
@@ -54,7 +54,7 @@ SCALES = {
     "paper": dict(datasets=("cifar10", "svhn"), seeds=(0, 1, 2), teacher=[], zero_shot=[], kdat_m=200,
                   mte=["--images", "1000", "--steps", "100"]),
     "tiny": dict(datasets=("shapes",), seeds=(0, 1, 2), teacher=["--epochs", "2"],
-                 zero_shot=["--iterations", "150", "--log-every", "50", "--mte-images", "100", "--mte-steps", "30"],
+                 zero_shot=["--iterations", "100", "--log-every", "25", "--mte-images", "100", "--mte-steps", "30"],
                  kdat_m=200, mte=["--images", "100", "--steps", "30"]),
     "smoke": dict(datasets=("shapes",), seeds=(0,), teacher=["--epochs", "1", "--max-steps", "1", "--batch-size", "8"],
                   zero_shot=["--iterations", "2", "--batch-size", "4", "--n-s", "1", "--log-every", "1", "--mte-images",
@@ -154,13 +154,20 @@ def order(runs):
     return out
 
 
-def command(run, results, resume=False):
-    """The shell command of a run, with absolute paths, so it works from any directory."""
-    out = Path(results).resolve() / "runs" / run.name
+def argv(run, results, data_dir):
+    """(script, arguments) of a run's command. Run twice, it continues the first: train_teacher.py and
+    zskt.py resume their run (--start-or-resume), the transition curves start again (a few minutes)."""
+    out, res = Path(results).resolve() / "runs" / run.name, str(Path(results).resolve())
     script, *sub = run.script.split()
-    args = [a.replace("{results}", str(Path(results).resolve())) for a in run.args]
-    flags = ["--out", str(out), "--resume"] if resume else [*sub, *args, "--out", str(out)]
-    return " ".join(["python", shlex.quote(str(HERE / script)), *map(shlex.quote, flags)])
+    again = "--overwrite" if run.script == "zskt.py curves" else "--start-or-resume"
+    return script, [*sub, *(a.replace("{results}", res) for a in run.args), "--data-dir", str(Path(data_dir).resolve()),
+                    "--out", str(out), again]
+
+
+def command(run, results, data_dir):
+    """The shell command of a run, with absolute paths, so it works from any directory."""
+    script, args = argv(run, results, data_dir)
+    return zskt.command(script, *args)
 
 
 def stages(runs):
@@ -175,35 +182,28 @@ def stages(runs):
 # Running a plan: skip what is finished, resume what was stopped, start the rest.
 
 def state(run, results):
-    """'done', 'stopped' (resumable), 'partial' (a directory with nothing to resume) or 'missing'."""
+    """'done', 'stopped' (its directory exists: the command resumes or restarts it) or 'missing'."""
     d = Path(results) / "runs" / run.name
-    if (d / run.done_file()).is_file():
-        return "done"
-    resumable = {"train_teacher.py": "checkpoint.pt", "zskt.py": "config.json"}.get(run.script)
-    if resumable and (d / resumable).is_file():
-        return "stopped"
-    return "partial" if d.exists() else "missing"
+    return "done" if (d / run.done_file()).is_file() else "stopped" if d.exists() else "missing"
 
 
-def execute(run, results, in_process=False):
-    """Runs one command to its end; returns None, or the reason it failed."""
-    st = state(run, results)
-    line = command(run, results, resume=st == "stopped") + (" --overwrite" if st == "partial" else "")
+def execute(run, results, data_dir, in_process=False):
+    """Runs one command to its end, with this interpreter; returns None, or the reason it failed."""
+    script, args = argv(run, results, data_dir)
     log = Path(results) / "logs" / (run.name.replace("/", "__") + ".log")
     log.parent.mkdir(parents=True, exist_ok=True)
     if in_process:  # the tests: the same functions, without a new interpreter per run
         import train_teacher
-        argv = shlex.split(line)[2:]
         try:
-            (train_teacher.main if run.script == "train_teacher.py" else zskt.main)(argv)
+            (train_teacher.main if script == "train_teacher.py" else zskt.main)(args)
         except (zskt.UserError, zskt.Stopped, SystemExit) as e:
-            log.write_text(f"{line}\n{type(e).__name__}: {e}\n")
+            log.write_text(f"{command(run, results, data_dir)}\n{type(e).__name__}: {e}\n")
             return f"{type(e).__name__}: {e}"
         return None
     with open(log, "a") as f:
-        f.write(f"$ {line}\n")
+        f.write(f"$ {command(run, results, data_dir)}\n")
         f.flush()
-        code = subprocess.run(line, shell=True, stdout=f, stderr=subprocess.STDOUT).returncode
+        code = subprocess.run([sys.executable, str(HERE / script), *args], stdout=f, stderr=subprocess.STDOUT).returncode
     return None if code == 0 else f"exit status {code}"
 
 
@@ -221,7 +221,7 @@ def check_results_dir(results, scale):
         zskt.write_json(path, mine)
 
 
-def run_plan(runs, results, in_process=False):
+def run_plan(runs, results, data_dir, in_process=False):
     """Every run in order; a failed run blocks the runs that need it. Returns {name: why it failed}."""
     failed, t0 = {}, time.time()
     finished = [r for r in runs if state(r, results) == "done"]
@@ -234,9 +234,9 @@ def run_plan(runs, results, in_process=False):
             failed[run.name] = f"blocked: needs {', '.join(blocked)}"
             continue
         took = sum(seconds(r, results) for r in runs if state(r, results) == "done")
-        print(f"[{i}/{len(runs)}] {run.name} ({state(run, results)}); finished runs took {zskt.format_time(took)}, "
-              f"this session {zskt.format_time(time.time() - t0)}", flush=True)
-        why = execute(run, results, in_process)
+        print(f"[{i}/{len(runs)}] {run.name} ({state(run, results)}); finished runs took {format_time(took)}, "
+              f"this session {format_time(time.time() - t0)}", flush=True)
+        why = execute(run, results, data_dir, in_process)
         if why:
             failed[run.name] = f"{why}; log: {Path(results) / 'logs' / (run.name.replace('/', '__') + '.log')}"
             print(f"  failed: {failed[run.name]}", flush=True)
@@ -265,8 +265,9 @@ def accuracy(results, name):
 
 
 def mean_std(values):
-    v = [x for x in values if x is not None]
-    return (float(np.mean(v)), float(np.std(v)), len(v)) if v else None  # np.std: population std, as the author
+    """(mean, population std, seeds) of the runs found, or None when there is none."""
+    m = zskt.mean_std(values)
+    return (m["mean"], m["std"], m["n"]) if m["n"] else None
 
 
 def cell(stat):
@@ -380,6 +381,7 @@ def main(argv=None):
     p.add_argument("--scale", choices=("paper", "tiny"), default="paper",
                    help="paper: CIFAR-10 and SVHN with the paper's settings; tiny: the same plans on shapes")
     p.add_argument("--results", help="where the runs and the report go (default results/<scale>)")
+    p.add_argument("--data-dir", default="./data", help="where CIFAR-10 and SVHN are, or are downloaded to (./data)")
     p.add_argument("--list", action="store_true", help="print the commands, one a line, and exit")
     p.add_argument("--stage", type=int, help="with --list: only the runs of this stage (all of a stage can run at once)")
     p.add_argument("--report", action="store_true", help="only write the report of the runs found")
@@ -387,7 +389,7 @@ def main(argv=None):
     p.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)  # tests: no new interpreter per run
     args = p.parse_args(argv)
     scale = "smoke" if args.smoke else args.scale
-    results = Path(args.results or f"results/{args.scale}").resolve()
+    results = Path(args.results or f"results/{scale}").resolve()
     runs = runs_of(args.plan, scale)
     if args.list:
         stage, index = stages(runs), {r.name: i for i, r in enumerate(runs, 1)}
@@ -396,11 +398,11 @@ def main(argv=None):
         for run in runs:
             if args.stage in (None, stage[run.name]):
                 after = ", ".join(str(index[d]) for d in run.deps)
-                print(f"{command(run, results)}  # [{index[run.name]}] stage {stage[run.name]}"
+                print(f"{command(run, results, args.data_dir)}  # [{index[run.name]}] stage {stage[run.name]}"
                       + (f", after {after}" if after else ""))
         return
     check_results_dir(results, scale)
-    failed = {} if args.report else run_plan(runs, results, args.in_process)
+    failed = {} if args.report else run_plan(runs, results, args.data_dir, args.in_process)
     report(args.plan, results, scale)
     if failed:
         raise zskt.UserError(f"{len(failed)} runs did not finish: " + "; ".join(f"{k} ({v})" for k, v in failed.items()))

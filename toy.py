@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 import zskt
+import zskt_utils
 
 COLORS = ("red", "green", "blue")  # class c is drawn in COLORS[c]; its probability is that RGB channel
 
@@ -154,9 +155,7 @@ def boundaries(ax, probs, n):
 
 def plot(path, teacher_probs, student_probs, n, trajectory, x_test, y_test, titles, gif_path=None, snapshots=()):
     """Figure 1: teacher and student decision regions side by side, with the pseudo points' trajectories."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = zskt_utils.pyplot()
     x_test, y_test, traj = x_test.cpu(), y_test.cpu(), trajectory.numpy()
     fig, axes = plt.subplots(1, 2, figsize=(11, 5.6), constrained_layout=True)
     lines, heads, contours = [], [], []

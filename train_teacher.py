@@ -154,7 +154,8 @@ def train(model, teacher, optimizer, images, labels, mean, std, args, epoch, fir
         value = loss.item()  # one sync per step, so a non-finite loss stops the run at once
         if not math.isfinite(value):
             raise zskt.UserError(f"step {step + 1} of epoch {epoch + 1}: loss = {value} is not finite; the last good "
-                                 f"checkpoint in {args.out} is intact (try a lower --lr, or no --amp)")
+                                 f"checkpoint in {args.out} is intact (a new --out with a lower --lr, or without "
+                                 f"--amp, may avoid it)")
         correct += (logits.argmax(1) == y).sum()
         log.update(done=step + 1, loss=log["loss"] + value * len(y), seen=log["seen"] + len(y))
         if progress is not None:
@@ -181,12 +182,13 @@ def resolve(args):
         if k in given:
             given[k] = str(Path(given[k]).resolve())
     dataset = given.get("dataset", "shapes")
-    if dataset == "folder" and "data_dir" not in given and not args.resume:
-        raise zskt.UserError("--dataset folder needs --data-dir DIR, a folder with DIR/train/<class>/* and "
-                             "DIR/test/<class>/* images")
-    if "image_size" in given and (dataset != "folder" or given["image_size"] < 8):
-        raise zskt.UserError("--image-size applies to --dataset folder only, and must be at least 8")
     zskt.make_config(dataset)  # refuses unknown datasets
+    if args.start_or_resume:  # a scheduler may run one command twice: then it continues the first run
+        args.resume = args.out is not None and (Path(args.out) / "checkpoint.pt").is_file()
+    if args.resume and args.overwrite:
+        raise zskt.UserError("--resume and --overwrite contradict each other; pass one of them")
+    if not args.resume:
+        zskt.check_folder_flags(dataset, given.get("data_dir"), given.get("image_size"))
     m, teacher, init = given.get("samples_per_class", -1), given.get("distill_from"), given.get("finetune_from")
     if teacher and init:
         raise zskt.UserError("--distill-from and --finetune-from exclude each other; pass one of them")
@@ -380,6 +382,8 @@ def parse_args(argv=None):
                    "the aspect ratio is not kept)")
     p.add_argument("--out", help="run directory (default runs/<dataset>-<arch>[-kdat-<teacher>][-m<M>]-seed<S>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--start-or-resume", action="store_true", help="resume the run in --out if it has a checkpoint, "
+                   "else start it (for schedulers that may run a command twice)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory / teacher file")
     p.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints (default: every evaluation)")
     p.add_argument("--distill-from", metavar="TEACHER_CKPT", help="train with KD+AT from this teacher's file")

@@ -11,14 +11,13 @@ github.com/polo5/ZeroShotKnowledgeTransfer (and FewShotKnowledgeTransfer for the
     python zskt.py curves --teacher-checkpoint T.pt --student-checkpoint S.pt
 """
 import argparse
-import contextlib
 import csv
 import dataclasses
 import functools
-import hashlib
 import json
 import math
 import re
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -30,10 +29,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zskt_utils import (UserError, Progress, Stopped, StopOnSignal, command, device_name, format_time, load_checkpoint,
-                        log_tensorboard, mean_std, plot_samples, plot_training, plot_transition_curves, prepare_run_dir,
-                        report, resolve_device, rng_state, run_cli, run_lock, save_atomic, seed_everything,
-                        set_rng_state, tee, tensorboard_writer, write_csv, write_json)
+# What runs around the method. Some names are imported only to be part of the API (zskt.show_samples, ...).
+from zskt_utils import (CONFIG_HELP, UserError, Progress, Stopped, StopOnSignal, check_teacher, command, default_teacher_path,
+                        denormalize, device_name, eval_mode, load_checkpoint, load_folder, log_tensorboard, mean_std,
+                        panel_names, plot_run, plot_samples, plot_training, plot_transition_curves, prepare_run_dir,
+                        read_run, report, resolve_device, rng_state, run_cli, run_lock, save_atomic, save_samples,
+                        seed_everything, set_rng_state, show_samples, tee, tensorboard_writer, write_csv, write_json,
+                        _download)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -116,6 +118,8 @@ def load_dataset(name, split, data_dir="./data", image_size=32):
             return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets), ds.classes
         ds = _download(torchvision.datasets.SVHN, root=root, split=split)  # the author uses no "extra" split
         return torch.from_numpy(ds.data), torch.from_numpy(ds.labels).long(), [str(i) for i in range(10)]
+    except ImportError as e:  # torchvision reads SVHN's .mat files with scipy, which is optional here
+        raise UserError(f"loading {name} needs the {e.name} package: pip install {e.name}") from None
     except (OSError, RuntimeError, ValueError) as e:
         where = {"cifar10": "cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html",
                  "svhn": f"{split}_32x32.mat from http://ufldl.stanford.edu/housenumbers/"}[name]
@@ -123,45 +127,10 @@ def load_dataset(name, split, data_dir="./data", image_size=32):
                         f"put {where} into that folder, or pass --data-dir") from None
 
 
-def _download(cls, **kwargs):
-    try:  # files already on disk: no network needed
-        return cls(download=False, **kwargs)
-    except RuntimeError:
-        return cls(download=True, **kwargs)
-
-
-def load_folder(root, split, size=32):
-    """DIR/{train,test}/<class>/* as size x size RGB (bilinear, aspect ratio not kept); class indices
-    come from the train folder names."""
-    from PIL import Image
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-    from torchvision.transforms.functional import pil_to_tensor
-    names = root / "train" if (root / "train").is_dir() else root / split
-    classes = sorted(d.name for d in names.iterdir() if d.is_dir()) if names.is_dir() else []
-    if not (root / split).is_dir() or not classes:
-        raise UserError(f"--dataset folder needs images in {root / split}/<class>/*; "
-                        f"pass --data-dir pointing at a folder with train/ and test/ inside")
-    images, labels = [], []
-    for label, cls in enumerate(classes):
-        for f in sorted((root / split / cls).glob("*")) if (root / split / cls).is_dir() else []:
-            if f.suffix.lower() in IMG_EXTENSIONS:
-                with Image.open(f) as im:
-                    images.append(pil_to_tensor(im.convert("RGB").resize((size, size), Image.BILINEAR)))
-                labels.append(label)
-    if not images:
-        raise UserError(f"no image files found under {root / split}")
-    return torch.stack(images), torch.tensor(labels), classes
-
-
 def normalize(images, mean, std):
     """uint8 images -> the normalised input space that teacher, student and generator share."""
     mean, std = (torch.as_tensor(v, dtype=torch.float32, device=images.device).view(1, -1, 1, 1) for v in (mean, std))
     return (images.float() / 255 - mean) / std
-
-
-def denormalize(x, mean, std):
-    mean, std = (torch.tensor(v, device=x.device).view(1, -1, 1, 1) for v in (mean, std))
-    return (x.float() * std + mean).clamp(0, 1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -397,15 +366,6 @@ def zero_shot_iteration(teacher, student, generator, opt_student, opt_generator,
 # ----------------------------------------------------------------------------------------------
 # Evaluation: test accuracy, transition curves and Mean Transition Error (Section 4.4, Algorithm 2).
 
-@contextlib.contextmanager
-def eval_mode(model):
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
 
 @torch.no_grad()
 def predict(model, images, mean, std, batch_size=500):
@@ -431,7 +391,10 @@ def agreeing_images(a, b, images, labels, mean, std, n, seed=0):
     return normalize(images[keep], mean, std), labels[keep], pa[keep]
 
 
-def transition_curves(stepped, observed, x, steps=100, step_size=1.0, labels=None, chunk_size=512, progress=None):
+CHUNK = 512  # trajectories per batch in transition_curves
+
+
+def transition_curves(stepped, observed, x, steps=100, step_size=1.0, labels=None, chunk_size=CHUNK, progress=None):
     """Algorithm 2: push each image towards every other class j by gradient descent on the stepped
     network's cross-entropy, recording p_j of both networks before each update (step 0 = clean x).
 
@@ -475,14 +438,6 @@ def mean_transition_error(p_stepped, p_observed):
 # ----------------------------------------------------------------------------------------------
 # Checkpoints and run directories. Files hold tensors and plain Python types only, so every load
 # can be weights_only=True.
-
-def default_teacher_path(dataset, arch, data_dir="./data"):
-    """Where train_teacher.py saves a teacher by default, and where zskt.py looks for it. A folder's
-    name carries a hash of its full path, so two folders called `images` never share a teacher."""
-    if dataset == "folder":
-        where = Path(data_dir).resolve()
-        dataset = f"folder-{where.name}-{hashlib.sha1(str(where).encode()).hexdigest()[:6]}"
-    return Path("checkpoints") / f"{dataset}-{arch}.pt"
 
 
 def model_checkpoint(model, arch, dataset, mean, std, image_size=None, **meta):
@@ -550,10 +505,8 @@ def train_zero_shot(cfg, teacher, test_images, test_labels, mean, std, out, devi
                     teacher_checkpoint = out / "teacher.pt"
                     save_atomic(model_checkpoint(teacher, infer_arch(teacher.state_dict())[0], cfg.dataset, mean,
                                                  std, test_images.shape[-1]), teacher_checkpoint)
-                write_json(out / "config.json", {"config": dataclasses.asdict(cfg), "seeds": [cfg.seed],
-                                                 "teacher_checkpoint": str(Path(teacher_checkpoint).resolve()),
-                                                 "data_dir": str(Path(data_dir).resolve()),
-                                                 "image_size": test_images.shape[-1]})
+                write_json(out / "config.json", run_record(cfg, [cfg.seed], teacher_checkpoint, data_dir,
+                                                           test_images.shape[-1]))
             # From here on a first Ctrl-C or SIGTERM saves a checkpoint and stops cleanly.
             with StopOnSignal(f"the last checkpoint, {out / 'checkpoint.pt'} (iteration {state['iteration']}), stays"
                               if state else "no checkpoint had been written yet") as stop:
@@ -578,8 +531,8 @@ def _train(cfg, teacher, test_images, test_labels, mean, std, out, device, state
     if state is not None:
         for k, v in parts.items():
             v.load_state_dict(state[k])
-        start, seconds, count = state["iteration"], state["seconds"], state["count"]
-        sums, last = ({k: v.to(device) for k, v in state[d].items()} for d in ("sums", "last"))
+        start, seconds, count = state["iteration"], state["seconds"], state.get("count", 0)
+        sums, last = ({k: v.to(device) for k, v in state.get(d, {}).items()} for d in ("sums", "last"))
         set_rng_state(state["rng"])
     networks = [torch.compile(m) if cfg.compile else m for m in (teacher, student, generator)]  # same parameters
     t_pred = predict(teacher, test_images, mean, std)
@@ -613,7 +566,8 @@ def _train(cfg, teacher, test_images, test_labels, mean, std, out, device, state
         bad = [k for k in ("loss_generator", "loss_student") if not torch.isfinite(means[k])]
         if bad:  # checked before the checkpoint is written, so the last good one stays
             raise UserError(f"{' and '.join(bad)} became nan or inf in iterations {it - count + 1}-{it}; "
-                            f"{stop.saved.replace('stays', 'is intact')} (try a lower learning rate, or no --amp)")
+                            f"{stop.saved.replace('stays', 'is intact')} (a new --out with lower learning rates, or "
+                            f"without --amp, may avoid it)")
         if log_now:
             s_pred = predict(student, test_images, mean, std)
             hist = (means.pop("teacher_classes") / cfg.batch_size).tolist()
@@ -637,6 +591,8 @@ def _train(cfg, teacher, test_images, test_labels, mean, std, out, device, state
             raise Stopped(f"{stop.signal} after iteration {it}; checkpoint saved; continue with: {resume_command}",
                           stop.signum)
     bar.close()
+    if stop.signal:  # it came after the last iteration (or the run was resumed at its end)
+        raise Stopped(f"{stop.signal} before the final evaluation; continue with: {resume_command}", stop.signum)
     stop.at_once = f"during the final evaluation, after the last checkpoint; continue with: {resume_command}"
     s_pred = predict(student, test_images, mean, std)
     student_acc = (s_pred == test_labels).float().mean().item()
@@ -663,19 +619,18 @@ def iteration_stats(out):
     t, s = out["teacher_probs"], out["student_probs"]
     return {"loss_generator": out["loss_generator"], "loss_student": out["loss_student"],
             "teacher_confidence": t.amax(1).mean(), "student_confidence": s.amax(1).mean(),
-            "teacher_classes": torch.bincount(t.argmax(1), minlength=t.shape[1]).float()}
+            "teacher_classes": F.one_hot(t.argmax(1), t.shape[1]).sum(0).float()}  # bincount would sync on CUDA
 
 
 def transition_seconds(stepped, observed, images, mean, std, cfg):
     """An estimate of the final transition curves' time, for the ETA: one real step on one chunk, timed."""
     if cfg.mte_images == 0:
         return 0.0
-    n = min(cfg.mte_images, 512 // 9 + 1)
-    x = normalize(images[:n], mean, std)
+    targets = stepped.fc.out_features - 1
+    x = normalize(images[:min(cfg.mte_images, max(1, CHUNK // targets))], mean, std)  # at most one chunk
     t = time.time()
     transition_curves(stepped, observed, x, steps=2)
-    chunks = math.ceil(cfg.mte_images * (stepped.fc.out_features - 1) / 512)
-    return (time.time() - t) / 2 * cfg.mte_steps * chunks
+    return (time.time() - t) / 2 * cfg.mte_steps * math.ceil(cfg.mte_images * targets / CHUNK)
 
 
 def transition_report(stepped, observed, images, labels, mean, std, cfg, out, title="student"):
@@ -684,7 +639,7 @@ def transition_report(stepped, observed, images, labels, mean, std, cfg, out, ti
     if len(x) == 0:
         print("no test image on which both networks agree, so no transition curves (MTE = nan)")
         return float("nan"), None, None
-    bar = Progress(math.ceil(len(x) * (stepped.fc.out_features - 1) / 512) * cfg.mte_steps, f"transition curves "
+    bar = Progress(math.ceil(len(x) * (stepped.fc.out_features - 1) / CHUNK) * cfg.mte_steps, f"transition curves "
                    f"({title})", unit="step")
     p_s, p_o = transition_curves(stepped, observed, x, cfg.mte_steps, cfg.mte_step_size,
                                  labels=y if cfg.mte_targets == "label" else None, progress=bar)
@@ -692,33 +647,6 @@ def transition_report(stepped, observed, images, labels, mean, std, cfg, out, ti
     np.savez_compressed(out / "curves.npz", p_stepped=p_s.numpy(), p_observed=p_o.numpy(), labels=y.numpy())
     plot_transition_curves([(title, p_s, p_o)], out / "transition.png")
     return mean_transition_error(p_s, p_o), p_s, p_o
-
-
-@torch.no_grad()
-def labelled_samples(generator, teacher, z, mean, std):
-    """Pseudo images G(z) in [0, 1], the teacher's class for each, and its confidence."""
-    x = generator(z)  # batch statistics, as in training; the running statistics this moves are never used
-    p = teacher(x)[0].float().softmax(1)
-    return denormalize(x, mean, std), p.argmax(1), p.amax(1)
-
-
-def save_samples(generator, teacher, z, mean, std, names, path):
-    """samples_<iteration>.png: the pseudo images of a fixed z, labelled with the teacher's class and confidence."""
-    images, classes, confidence = labelled_samples(generator, teacher, z, mean, std)
-    plot_samples(images, classes, confidence, names, path)
-    return images
-
-
-def show_samples(generator, teacher, mean, std, names, n=64, seed=0):
-    """For a notebook: a figure of n labelled pseudo images of a trained generator."""
-    device = next(generator.parameters()).device
-    z = torch.randn(n, generator.linear.in_features, generator=torch.Generator().manual_seed(seed)).to(device)
-    return plot_samples(*labelled_samples(generator, teacher.eval(), z, mean, std), names)
-
-
-def plot_run(out):
-    """For a notebook: the figure of training.png, drawn from a run directory's metrics.csv."""
-    return plot_training(list(csv.DictReader(open(Path(out) / "metrics.csv"))))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -742,34 +670,6 @@ def validate(cfg):
     return cfg
 
 
-HELP = {  # one line per Config field, in words, with the paper's symbol where it has one
-    "batch_size": "pseudo images per batch (the author's scripts: 128; the paper does not say)",
-    "z_dim": "dimension of the generator's input noise z",
-    "n_g": "generator steps per pseudo batch (n_G in Algorithm 1)",
-    "n_s": "student steps per pseudo batch (n_S in Algorithm 1)",
-    "beta": "weight of the attention-transfer term (beta in Eq. 1; 0 turns it off)",
-    "lr_student": "student's Adam learning rate, cosine-annealed to 0",
-    "lr_generator": "generator's Adam learning rate, cosine-annealed to 0 (the author's 1e-3; the paper says 2e-3)",
-    "grad_clip": "gradient-norm clipping of generator and student (the author's code; not in the paper)",
-    "temperature": "softmax temperature of the KL term",
-    "iterations": "outer iterations (N in Algorithm 1)",
-    "teacher": "teacher architecture wrn-DEPTH-WIDTH; by default read from the teacher's file",
-    "student": "student architecture wrn-DEPTH-WIDTH",
-    "seed": "random seed of the student's and generator's initialisation and of z",
-    "amp": "bf16 autocast for the networks' forward passes, losses in fp32 (opt-in)",
-    "compile": "torch.compile the three networks (opt-in; see the README's Benchmarks for when it pays off)",
-    "tensorboard": "also log to RUN_DIR/tensorboard: scalars, sample grids, confidence histograms (needs the "
-                   "optional tensorboard package)",
-    "log_every": "iterations between test evaluations, metrics.csv rows and sample grids",
-    "checkpoint_every": "iterations between checkpoints (one is also written at the end and on Ctrl-C)",
-    "mte_images": "test images for the final transition curves and MTE (N in Section 4.4; 0 skips them)",
-    "mte_steps": "gradient steps per transition curve (K in Section 4.4)",
-    "mte_step_size": "step size of those steps (xi in Section 4.4)",
-    "mte_targets": "label: target classes skip the true label (the author's code, which produced Table 2); "
-                   "predicted: skip the class both networks predict (the paper's text)",
-}
-
-
 def parse_args(argv):
     """(args, the Config fields given on the command line). --help shows the defaults of the dataset
     named by --dataset (shapes when none is)."""
@@ -786,7 +686,7 @@ def parse_args(argv):
         if f.name == "dataset":
             continue
         flag, default = "--" + f.name.replace("_", "-"), getattr(defaults, f.name)
-        text = f"{HELP[f.name]} (default for {defaults.dataset}: {default})"
+        text = f"{CONFIG_HELP[f.name]} (default for {defaults.dataset}: {default})"
         if f.type is bool:
             p.add_argument(flag, action="store_const", const=True, help=text)
         else:
@@ -803,26 +703,42 @@ def parse_args(argv):
                    help="use a teacher whose file says it was trained on another dataset or image size")
     p.add_argument("--out", help="run directory (default runs/<dataset>-<teacher>-<student>-<date>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--start-or-resume", action="store_true", help="resume the run in --out if it has one, else start "
+                   "it (for schedulers that may run a command twice)")
     p.add_argument("--overwrite", action="store_true", help="delete what --out holds and start afresh")
     args = p.parse_args(argv)
     return args, {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if getattr(args, f.name) is not None}
 
 
-def read_run(out):
-    """The config.json of a run directory, for --resume."""
-    path = Path(out) / "config.json"
-    if not path.is_file():
-        raise UserError(f"--resume needs --out to be a zskt.py run directory, and {path} does not exist")
-    return json.loads(path.read_text())
+def run_config(saved):
+    """The Config of a saved run; fields of other versions are left out, new ones take their defaults."""
+    fields = {f.name for f in dataclasses.fields(Config)}
+    return Config(**{k: v for k, v in saved["config"].items() if k in fields})
 
 
-def check_teacher(meta, dataset, image_size, path, allow):
-    """A teacher trained on other data is refused, naming both, unless --allow-dataset-mismatch."""
-    trained = [(k, meta[k]) for k, v in (("dataset", dataset), ("image_size", image_size)) if meta.get(k) not in (None, v)]
-    if trained and not allow:
-        raise UserError(f"{path} was trained on {', '.join(f'{k} {v}' for k, v in trained)}, but this run uses "
-                        f"dataset {dataset} (image size {image_size}); pass the matching --dataset, another "
-                        f"--teacher-checkpoint, or --allow-dataset-mismatch")
+def run_record(cfg, seeds, teacher_path, data_dir, image_size):
+    """config.json: what --resume needs, with absolute paths so that any working directory will do."""
+    return {"config": dataclasses.asdict(cfg), "seeds": seeds, "teacher_checkpoint": str(Path(teacher_path).resolve()),
+            "data_dir": str(Path(data_dir).resolve()), "image_size": image_size}
+
+
+def check_folder_flags(dataset, data_dir, image_size):
+    """--data-dir and --image-size for folder datasets (both scripts)."""
+    if dataset == "folder" and data_dir is None:
+        raise UserError("--dataset folder needs --data-dir DIR, a folder with DIR/train/<class>/* and "
+                        "DIR/test/<class>/* images")
+    if image_size is not None and (dataset != "folder" or image_size < 8 or image_size % 4):
+        raise UserError(f"--image-size applies to --dataset folder only, and must be a multiple of 4 of at least 8 "
+                        f"(the generator upsamples twice by 2), not {image_size}")
+
+
+def normalisation(meta, dataset, path):
+    """The mean and std a network was trained with: from its file, else the dataset's constants."""
+    if "mean" in meta:
+        return meta["mean"], meta["std"]
+    if dataset not in MEAN_STD:
+        raise UserError(f"{path} stores no normalisation constants; re-train it with train_teacher.py")
+    return MEAN_STD[dataset]
 
 
 def main(argv=None):
@@ -833,6 +749,10 @@ def main(argv=None):
     device = resolve_device(args.device)
     if device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True  # fastest kernels, at the price of bit-exact reruns
+    if args.start_or_resume:  # a scheduler may run one command twice: then it continues the first run
+        args.resume = args.out is not None and (Path(args.out) / "config.json").is_file()
+    if args.resume and args.overwrite:
+        raise UserError("--resume and --overwrite contradict each other; pass one of them")
     if args.resume:
         if not args.out:
             raise UserError("--resume needs --out, the run directory to continue")
@@ -840,47 +760,49 @@ def main(argv=None):
         paths = {"teacher_checkpoint": args.teacher_checkpoint, "data_dir": args.data_dir}
         diff = [f"{k}={saved['config'].get(k)!r} (saved) vs {v!r} (given)" for k, v in given.items()
                 if saved["config"].get(k) != v]
-        diff += [f"{k}={saved[k]} (saved) vs {Path(v).resolve()} (given)" for k, v in paths.items()
-                 if v is not None and Path(v).resolve() != Path(saved[k])]
-        diff += [f"seeds={saved['seeds']} (saved) vs {args.seeds} (given)"] if args.seeds not in (None, saved["seeds"]) else []
+        diff += [f"{k}={saved.get(k)} (saved) vs {Path(v).resolve()} (given)" for k, v in paths.items()
+                 if v is not None and Path(v).resolve() != Path(saved.get(k) or "./data").resolve()]
+        diff += [f"{k}={saved.get(k)} (saved) vs {v} (given)" for k, v in (("seeds", args.seeds),
+                 ("image_size", args.image_size)) if v not in (None, saved.get(k))]
         if diff:
             raise UserError(f"--resume: the flags contradict the saved run: {'; '.join(diff)}; "
                             f"drop those flags or start a new --out")
-        cfg, seeds = Config(**saved["config"]), saved["seeds"]
-        teacher_path, data_dir = Path(saved["teacher_checkpoint"]), Path(saved["data_dir"])
+        cfg, seeds, size = run_config(saved), saved.get("seeds") or [saved["config"]["seed"]], saved.get("image_size")
+        teacher_path, data_dir = Path(saved["teacher_checkpoint"]), Path(saved.get("data_dir") or "./data").resolve()
+        if not teacher_path.is_file():
+            raise UserError(f"the run's teacher file {teacher_path} is gone; put it back, or start a new --out")
     else:
         if args.seeds and "seed" in given:
             raise UserError("--seed and --seeds contradict each other; pass one of them")
         if args.seeds and len(set(args.seeds)) < len(args.seeds):
             raise UserError(f"--seeds {' '.join(map(str, args.seeds))} repeats a seed; give each seed once")
         cfg = validate(make_config(**{"dataset": "shapes", **given}))
-        if cfg.dataset == "folder" and args.data_dir is None:
-            raise UserError("--dataset folder needs --data-dir DIR, a folder with DIR/train/<class>/* and "
-                            "DIR/test/<class>/* images")
-        seeds, data_dir = args.seeds or [cfg.seed], Path(args.data_dir or "./data").resolve()
+        check_folder_flags(cfg.dataset, args.data_dir, args.image_size)
+        seeds, data_dir, size = args.seeds or [cfg.seed], Path(args.data_dir or "./data").resolve(), args.image_size
         teacher_path = Path(args.teacher_checkpoint or default_teacher_path(cfg.dataset, cfg.teacher, data_dir)).resolve()
-    if not teacher_path.is_file():
-        raise UserError(f"no teacher checkpoint at {teacher_path}; train one with: " +
-                        command("train_teacher.py", "--dataset", cfg.dataset, "--arch", cfg.teacher,
-                                *(["--data-dir", data_dir] if cfg.dataset == "folder" else [])) +
-                        ", or pass --teacher-checkpoint")
-    if args.image_size is not None and (cfg.dataset != "folder" or args.image_size < 8):
-        raise UserError("--image-size applies to --dataset folder only, and must be at least 8")
-    raw = load_checkpoint(teacher_path)  # a folder's images are resized to its teacher's size unless told otherwise
-    size = (saved.get("image_size") if args.resume else args.image_size) or \
-        (raw.get("image_size") if isinstance(raw, dict) else None) or 32
-    test_images, test_labels, classes = load_dataset(cfg.dataset, "test", data_dir, size)
-    # The architecture comes from the file unless --teacher was given explicitly.
-    teacher, meta = load_model(teacher_path, given.get("teacher"), len(classes))
+        if args.teacher_checkpoint and not teacher_path.is_file():
+            raise UserError(f"--teacher-checkpoint: no file at {teacher_path}")
+        if not teacher_path.is_file():  # where train_teacher.py saves it, relative to this directory: cd there first
+            train = command("train_teacher.py", "--dataset", cfg.dataset, "--arch", cfg.teacher,
+                            *(["--data-dir", data_dir] if cfg.dataset == "folder" else []),
+                            *(["--image-size", size] if size else []))
+            raise UserError(f"no teacher checkpoint at {teacher_path}; train one with: cd {shlex.quote(str(Path.cwd()))} "
+                            f"&& {train}, or pass --teacher-checkpoint")
+    teacher, meta = load_model(teacher_path, given.get("teacher"))  # the architecture comes from the file
+    test_images, test_labels, classes = load_dataset(cfg.dataset, "test", data_dir, size or meta.get("image_size") or 32)
+    if teacher.fc.out_features != len(classes):
+        raise UserError(f"{teacher_path} holds a {infer_arch(teacher.state_dict())[0]} with {teacher.fc.out_features} "
+                        f"classes, but a network with {len(classes)} classes was expected ({cfg.dataset}); pass the "
+                        f"matching file")
     check_teacher(meta, cfg.dataset, test_images.shape[-1], teacher_path, args.allow_dataset_mismatch or args.resume)
-    cfg.teacher = infer_arch(teacher.state_dict())[0]
-    if "mean" not in meta and cfg.dataset not in MEAN_STD:
-        raise UserError(f"{teacher_path} stores no normalisation constants; re-train it with train_teacher.py")
-    mean, std = (meta["mean"], meta["std"]) if "mean" in meta else MEAN_STD[cfg.dataset]
+    cfg.teacher, (mean, std) = infer_arch(teacher.state_dict())[0], normalisation(meta, cfg.dataset, teacher_path)
     out = Path(args.out or f"runs/{cfg.dataset}-{cfg.teacher}-{cfg.student}-{time.strftime('%Y%m%d-%H%M%S')}")
     hint = command("zskt.py", "--out", out.resolve(), "--resume")
 
     def run(seed, run_dir, resume):
+        if resume and (run_dir / "summary.json").is_file():  # finished earlier: nothing to redo
+            print(f"{run_dir} finished earlier")
+            return json.loads((run_dir / "summary.json").read_text())
         return train_zero_shot(dataclasses.replace(cfg, seed=seed), teacher, test_images, test_labels, mean, std,
                                run_dir, device, resume, args.overwrite, classes, teacher_path, data_dir,
                                resume_command=hint).summary
@@ -892,25 +814,15 @@ def main(argv=None):
     with run_lock(out):
         if not args.resume:
             prepare_run_dir(out, overwrite=args.overwrite)
-            write_json(out / "config.json", {"config": dataclasses.asdict(cfg), "seeds": seeds, "image_size": size,
-                                             "teacher_checkpoint": str(teacher_path), "data_dir": str(data_dir)})
+            write_json(out / "config.json", run_record(cfg, seeds, teacher_path, data_dir, test_images.shape[-1]))
         with tee(out / "log.txt"):
             summaries = []
             for i, seed in enumerate(seeds, 1):
-                sub = out / f"seed{seed}"
-                done = (sub / "summary.json").is_file()
-                print(f"== seed {seed} ({i} of {len(seeds)}): {sub}" + (", finished earlier" if done else ""))
-                summaries.append(json.loads((sub / "summary.json").read_text()) if done else run(seed, sub, sub.exists()))
+                print(f"== seed {seed} ({i} of {len(seeds)}): {out / f'seed{seed}'}")
+                summaries.append(run(seed, out / f"seed{seed}", (out / f"seed{seed}").exists()))
             write_json(out / "aggregate.json", {"seeds": seeds, **{k: mean_std([s[k] for s in summaries]) for k in (
                 "teacher_test_acc", "student_test_acc", "student_teacher_ratio", "mte")}})
             report(summaries, out)
-
-
-def panel_names(paths):
-    """Default panel names: the file names, with their folder's name where two files share one."""
-    stems = [Path(p).stem for p in paths]
-    names = [f"{Path(p).resolve().parent.name}-{s}" if stems.count(s) > 1 else s for p, s in zip(paths, stems)]
-    return [f"{n}-{i}" if names.count(n) > 1 else n for i, n in enumerate(names, 1)]
 
 
 def curves_main(argv):
@@ -926,7 +838,7 @@ def curves_main(argv):
     p.add_argument("--images", type=int, default=1000, help="test images both networks agree on (N; paper: 1000)")
     p.add_argument("--steps", type=int, default=100, help="gradient steps per curve (K; paper: 100)")
     p.add_argument("--step-size", type=float, default=1.0, help="step size (xi; paper: 1)")
-    p.add_argument("--mte-targets", choices=("label", "predicted"), default="label", help=HELP["mte_targets"])
+    p.add_argument("--mte-targets", choices=("label", "predicted"), default="label", help=CONFIG_HELP["mte_targets"])
     p.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--out", help="directory for transition.png, mte.json and one folder of curves per network "
                    "(default runs/curves-<date>-<time>)")
@@ -950,10 +862,9 @@ def curves_main(argv):
     dataset = args.dataset or meta.get("dataset")
     if dataset is None:
         raise UserError(f"{args.teacher_checkpoint} does not say which dataset it was trained on; pass --dataset")
-    images, labels, _ = load_dataset(dataset, "test", args.data_dir)
-    mean, std = (meta["mean"], meta["std"]) if "mean" in meta else MEAN_STD.get(dataset, (None, None))
-    if mean is None:
-        raise UserError(f"{args.teacher_checkpoint} stores no normalisation constants; re-train it with train_teacher.py")
+    images, labels, _ = load_dataset(dataset, "test", args.data_dir, meta.get("image_size") or 32)
+    mean, std = normalisation(meta, dataset, args.teacher_checkpoint)
+    check_teacher(meta, dataset, images.shape[-1], args.teacher_checkpoint, False)  # every network, for this data
     students = []
     for path in args.student_checkpoint:
         student, s_meta = load_model(path, num_classes=teacher.fc.out_features)
@@ -963,7 +874,7 @@ def curves_main(argv):
                               mte_targets=args.mte_targets)
     out, t0 = Path(args.out or f"runs/curves-{time.strftime('%Y%m%d-%H%M%S')}"), time.time()
     with run_lock(out):
-        prepare_run_dir(out, overwrite=args.overwrite)
+        prepare_run_dir(out, overwrite=args.overwrite, hint="")
         panels, result = [], {}
         for student, path, name in zip(students, args.student_checkpoint, names):
             (out / name).mkdir()

@@ -4,6 +4,7 @@ figures. Nothing here is part of the paper's method; zskt.py imports what it nee
 import argparse
 import contextlib
 import csv
+import hashlib
 import json
 import math
 import os
@@ -78,11 +79,16 @@ def resolve_device(name=None):
     return str(device)
 
 
+def cpu_info():
+    """/proc/cpuinfo, or nothing where there is none."""
+    return Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+
+
 def device_name(device):
     """'NVIDIA H100 80GB HBM3', or the CPU's model name and the threads torch uses."""
     if str(device).startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    info = cpu_info()
     model = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
     return f"{model[1] if model else platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
@@ -110,10 +116,15 @@ def write_json(path, obj):
 
 
 def write_csv(path, rows):
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    """metrics.csv, written atomically; rows of an older version may lack later columns."""
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+
+    def save(rows, tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields, restval="")
+            w.writeheader()
+            w.writerows(rows)
+    save_atomic(rows, path, save)
 
 
 def load_checkpoint(path):
@@ -160,18 +171,18 @@ def seed_everything(seed):
 # ----------------------------------------------------------------------------------------------
 # Run directories: never overwritten silently, never written by two processes, stopped cleanly.
 
-def prepare_run_dir(out, resume=False, overwrite=False):
+def prepare_run_dir(out, resume=False, overwrite=False, hint="pass --resume to continue that run, "):
     """An existing run directory is never reused or emptied unless the user asked for it. The lock
-    file stays: the caller holds it (run_lock)."""
+    file stays (the caller holds it, run_lock), and so does the log of a start that was killed
+    before it wrote anything else."""
     out = Path(out)
     if resume:
         if not (out / "checkpoint.pt").is_file():
             raise UserError(f"--resume: there is no checkpoint.pt in {out} to resume from")
         return out
-    old = [p for p in out.iterdir() if p.name != ".lock"] if out.is_dir() else []
+    old = [p for p in out.iterdir() if p.name not in (".lock", "log.txt")] if out.is_dir() else []
     if old and not overwrite:
-        raise UserError(f"{out} already holds files; pass --resume to continue that run, "
-                        f"--overwrite to replace it, or another --out")
+        raise UserError(f"{out} already holds files; {hint}--overwrite to replace them, or another --out")
     for p in old:
         shutil.rmtree(p) if p.is_dir() else p.unlink()
     try:
@@ -325,7 +336,8 @@ class Progress:
         self.n += n
         if self.bar is not None:
             self.bar.update(n)
-            if self.extra:
+            if self.extra and time.time() - self.shown >= 1:  # the postfix, once a second at most
+                self.shown = time.time()
                 self.bar.set_postfix_str(f"{self.note_text}; whole run ETA {format_time(self.eta())}", refresh=False)
         elif time.time() - self.shown >= self.every:
             self.line()
@@ -462,3 +474,146 @@ def log_tensorboard(board, row, images, probs, step):
         board.add_histogram(f"{who} top-class probability", probs[f"{who}_probs"].amax(1), step)
     board.add_histogram("teacher class", probs["teacher_probs"].argmax(1), step)
     board.flush()
+
+
+# ----------------------------------------------------------------------------------------------
+# Data on disk, run directories of zskt.py, and the figures of a run.
+
+def _download(cls, **kwargs):
+    try:  # files already on disk: no network needed
+        return cls(download=False, **kwargs)
+    except RuntimeError:
+        return cls(download=True, **kwargs)
+
+
+def load_folder(root, split, size=32):
+    """DIR/{train,test}/<class>/* as size x size RGB (bilinear, aspect ratio not kept); class indices
+    come from the train folder names."""
+    from PIL import Image
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+    from torchvision.transforms.functional import pil_to_tensor
+    names = root / "train" if (root / "train").is_dir() else root / split
+    classes = sorted(d.name for d in names.iterdir() if d.is_dir()) if names.is_dir() else []
+    if not (root / split).is_dir() or not classes:
+        raise UserError(f"--dataset folder needs images in {root / split}/<class>/*; "
+                        f"pass --data-dir pointing at a folder with train/ and test/ inside")
+    images, labels = [], []
+    for label, cls in enumerate(classes):
+        for f in sorted((root / split / cls).glob("*")) if (root / split / cls).is_dir() else []:
+            if f.suffix.lower() in IMG_EXTENSIONS:
+                try:
+                    with Image.open(f) as im:
+                        images.append(pil_to_tensor(im.convert("RGB").resize((size, size), Image.BILINEAR)))
+                except OSError as e:  # PIL's UnidentifiedImageError is one
+                    raise UserError(f"cannot read the image {f} ({e}); remove it or replace it") from None
+                labels.append(label)
+    if not images:
+        raise UserError(f"no image files found under {root / split}")
+    return torch.stack(images), torch.tensor(labels), classes
+
+
+def denormalize(x, mean, std):
+    mean, std = (torch.tensor(v, device=x.device).view(1, -1, 1, 1) for v in (mean, std))
+    return (x.float() * std + mean).clamp(0, 1)
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def default_teacher_path(dataset, arch, data_dir="./data"):
+    """Where train_teacher.py saves a teacher by default, and where zskt.py looks for it. A folder's
+    name carries a hash of its full path, so two folders called `images` never share a teacher."""
+    if dataset == "folder":
+        where = Path(data_dir).resolve()
+        dataset = f"folder-{where.name}-{hashlib.sha1(str(where).encode()).hexdigest()[:6]}"
+    return Path("checkpoints") / f"{dataset}-{arch}.pt"
+
+
+def read_run(out):
+    """The config.json of a run directory, for --resume."""
+    path = Path(out) / "config.json"
+    if not path.is_file():
+        raise UserError(f"--resume needs --out to be a zskt.py run directory, and {path} does not exist")
+    try:
+        saved = json.loads(path.read_text())
+        return saved if "config" in saved and "teacher_checkpoint" in saved else {}[None]
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{path} is not a zskt.py run's configuration (damaged?); start a new --out") from None
+
+
+def check_teacher(meta, dataset, image_size, path, allow):
+    """A teacher trained on other data is refused, naming both, unless --allow-dataset-mismatch."""
+    trained = [(k, meta[k]) for k, v in (("dataset", dataset), ("image_size", image_size)) if meta.get(k) not in (None, v)]
+    if trained and not allow:
+        raise UserError(f"{path} was trained on {', '.join(f'{k} {v}' for k, v in trained)}, but this run uses "
+                        f"dataset {dataset} (image size {image_size}); pass the matching --dataset, another "
+                        f"--teacher-checkpoint, or --allow-dataset-mismatch")
+
+
+def panel_names(paths):
+    """Default panel names: the file names, with their folder's name where two files share one."""
+    stems = [Path(p).stem for p in paths]
+    names = [f"{Path(p).resolve().parent.name}-{s}" if stems.count(s) > 1 else s for p, s in zip(paths, stems)]
+    return [f"{n}-{i}" if names.count(n) > 1 else n for i, n in enumerate(names, 1)]
+
+
+@torch.no_grad()
+def labelled_samples(generator, teacher, z, mean, std):
+    """Pseudo images G(z) in [0, 1], the teacher's class for each, and its confidence."""
+    x = generator(z)  # batch statistics, as in training; the running statistics this moves are never used
+    p = teacher(x)[0].float().softmax(1)
+    return denormalize(x, mean, std), p.argmax(1), p.amax(1)
+
+
+def save_samples(generator, teacher, z, mean, std, names, path):
+    """samples_<iteration>.png: the pseudo images of a fixed z, labelled with the teacher's class and confidence."""
+    images, classes, confidence = labelled_samples(generator, teacher, z, mean, std)
+    plot_samples(images, classes, confidence, names, path)
+    return images
+
+
+def show_samples(generator, teacher, mean, std, names, n=64, seed=0):
+    """For a notebook: a figure of n labelled pseudo images of a trained generator."""
+    device = next(generator.parameters()).device
+    z = torch.randn(n, generator.linear.in_features, generator=torch.Generator().manual_seed(seed)).to(device)
+    return plot_samples(*labelled_samples(generator, teacher.eval(), z, mean, std), names)
+
+
+def plot_run(out):
+    """For a notebook: the figure of training.png, drawn from a run directory's metrics.csv."""
+    return plot_training(list(csv.DictReader(open(Path(out) / "metrics.csv"))))
+
+
+CONFIG_HELP = {  # zskt.py --help: one line per Config field, in words, with the paper's symbol where it has one
+    "batch_size": "pseudo images per batch (the author's scripts: 128; the paper does not say)",
+    "z_dim": "dimension of the generator's input noise z",
+    "n_g": "generator steps per pseudo batch (n_G in Algorithm 1)",
+    "n_s": "student steps per pseudo batch (n_S in Algorithm 1)",
+    "beta": "weight of the attention-transfer term (beta in Eq. 1; 0 turns it off)",
+    "lr_student": "student's Adam learning rate, cosine-annealed to 0",
+    "lr_generator": "generator's Adam learning rate, cosine-annealed to 0 (the author's 1e-3; the paper says 2e-3)",
+    "grad_clip": "gradient-norm clipping of generator and student (the author's code; not in the paper)",
+    "temperature": "softmax temperature of the KL term",
+    "iterations": "outer iterations (N in Algorithm 1)",
+    "teacher": "teacher architecture wrn-DEPTH-WIDTH; by default read from the teacher's file",
+    "student": "student architecture wrn-DEPTH-WIDTH",
+    "seed": "random seed of the student's and generator's initialisation and of z",
+    "amp": "bf16 autocast for the networks' forward passes, losses in fp32 (opt-in)",
+    "compile": "torch.compile the three networks (opt-in; see the README's Benchmarks for when it pays off)",
+    "tensorboard": "also log to RUN_DIR/tensorboard: scalars, sample grids, confidence histograms (needs the "
+                   "optional tensorboard package)",
+    "log_every": "iterations between test evaluations, metrics.csv rows and sample grids",
+    "checkpoint_every": "iterations between checkpoints (one is also written at the end and on Ctrl-C)",
+    "mte_images": "test images for the final transition curves and MTE (N in Section 4.4; 0 skips them)",
+    "mte_steps": "gradient steps per transition curve (K in Section 4.4)",
+    "mte_step_size": "step size of those steps (xi in Section 4.4)",
+    "mte_targets": "label: target classes skip the true label (the author's code, which produced Table 2); "
+                   "predicted: skip the class both networks predict (the paper's text)",
+}
