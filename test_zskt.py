@@ -754,6 +754,17 @@ def test_schedule_scales_epochs_and_milestones_like_the_author():
     assert tt.schedule(100, 73_257, 10, -1) == (100, [30, 60, 80])
     # M = 200 on CIFAR-10: scale 25, as main.py of FewShotKnowledgeTransfer computes it
     assert tt.schedule(200, 50_000, 10, 200) == (5000, [1500, 3000, 4000])
+    # A fine-tuning run on shapes (1 base epoch, M = 10): 30/60/80 % of 200 epochs, not all at epoch 0.
+    assert tt.schedule(1, 20_000, 10, 10) == (200, [60, 120, 160])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 300), st.integers(1, 100), st.sampled_from([-1, 10, 25, 50, 100, 200]))
+def test_schedule_milestones_are_30_60_80_percent_of_the_epochs(base, n_per_class, m):
+    epochs, milestones = tt.schedule(base, 10 * max(n_per_class, m), 10, m)
+    assert epochs >= base and milestones == sorted(milestones)
+    for p, milestone in zip((0.3, 0.6, 0.8), milestones):
+        assert abs(milestone - p * epochs) <= p + 1  # rounding down, before or after scaling
 
 
 # ---------------------------------------------------------------------------------------------- augmentation

@@ -91,9 +91,11 @@ def mix(*ints):
 def schedule(base_epochs, n_train, n_classes, m, scale_n_iters=1.0):
     """(epochs, milestones) as the author's main.py: with M images per class, both are scaled by
     scale_n_iters * N_train / (C*M). With scale_n_iters = 1 every M gets the same number of
-    iterations, as the paper says; the author's SVHN scripts pass M/100, so small M run fewer."""
+    iterations, as the paper says; the author's SVHN scripts pass M/100, so small M run fewer.
+    Milestones are 30/60/80 % of the scaled epochs, rounded down after scaling: the author's numbers
+    for 200 and 100 base epochs, and no milestone at epoch 0 for the few base epochs of shapes."""
     scale = 1.0 if m == -1 else scale_n_iters * n_train / (n_classes * m)
-    return int(base_epochs * scale), [int(base_epochs * p // 10 * scale) for p in (3, 6, 8)]
+    return int(base_epochs * scale), [int(base_epochs * p * scale / 10) for p in (3, 6, 8)]
 
 
 def sgd(model, lr):
