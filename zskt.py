@@ -8,7 +8,7 @@ github.com/polo5/ZeroShotKnowledgeTransfer (and FewShotKnowledgeTransfer for the
 
     python zskt.py                                    # offline demo on the built-in `shapes` data
     python zskt.py --dataset cifar10 --teacher wrn-40-2 --student wrn-16-1
-    python zskt.py curves --teacher-checkpoint T.pt --student-checkpoint S.pt
+    python zskt.py curves --teacher-checkpoint checkpoints/shapes-wrn-16-1.pt --student-checkpoint runs/demo/student.pt
 """
 import argparse
 import csv
@@ -30,17 +30,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # What runs around the method. Some names are imported only to be part of the API (zskt.show_samples, ...).
-from zskt_utils import (CONFIG_HELP, UserError, Progress, Stopped, StopOnSignal, check_teacher, command, default_teacher_path,
-                        denormalize, device_name, eval_mode, load_checkpoint, load_folder, log_tensorboard, mean_std,
-                        panel_names, plot_run, plot_samples, plot_training, plot_transition_curves, prepare_run_dir,
-                        read_run, report, resolve_device, rng_state, run_cli, run_lock, save_atomic, save_samples,
-                        seed_everything, set_rng_state, show_samples, tee, tensorboard_writer, write_csv, write_json,
-                        _download)
+from zskt_utils import (CONFIG_HELP, UserError, Progress, Stopped, StopOnSignal, _download, check_teacher, command,
+                        default_teacher_path, denormalize, device_name, eval_mode, load_checkpoint, load_folder,
+                        log_tensorboard, mean_std, panel_names, plot_run, plot_samples, plot_training,
+                        plot_transition_curves, prepare_run_dir, read_run, report, resolve_device, rng_state, run_cli,
+                        run_lock, save_atomic, save_samples, seed_everything, set_rng_state, show_samples, tee,
+                        tensorboard_writer, write_csv, write_json)
 
 
 # ----------------------------------------------------------------------------------------------
 # Data (Section 4.1). Every dataset is held in memory as uint8 images (N, 3, H, W) and int64 labels:
-# 32x32 for CIFAR-10, SVHN and folders, 16x16 for shapes.
+# 32x32 for CIFAR-10 and SVHN, 16x16 for shapes, --image-size (32) for folders.
 
 # The author's constants, so that the author's published teachers work unchanged.
 MEAN_STD = {
