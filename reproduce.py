@@ -48,8 +48,8 @@ PAPER_FIGURE2 = {  # Figure 2, WRN-40-2 -> WRN-16-1, as plotted by the author's 
                 "zero-shot + M": (83.69, 84.68, 84.71, 85.28, 85.75, 85.91)}}
 FULL_DATA_KDAT = {"svhn": 95.88, "cifar10": 91.92}  # Figure 2's horizontal lines: KD+AT with all images
 
-# Scales: the paper's, and one that runs every plan on shapes in about an hour on a CPU. "smoke"
-# (for the tests) is tiny with every run cut to a few steps.
+# Scales: the paper's, and one that runs every plan on shapes on a CPU (3 hours of one-thread run time,
+# measured). "smoke" (for the tests) is tiny with every run cut to a few steps.
 SCALES = {
     "paper": dict(datasets=("cifar10", "svhn"), seeds=(0, 1, 2), teacher=[], zero_shot=[], kdat_m=200,
                   mte=["--images", "1000", "--steps", "100"]),

@@ -764,7 +764,7 @@ def test_schedule_milestones_are_30_60_80_percent_of_the_epochs(base, n_per_clas
     epochs, milestones = tt.schedule(base, 10 * max(n_per_class, m), 10, m)
     assert epochs >= base and milestones == sorted(milestones)
     for p, milestone in zip((0.3, 0.6, 0.8), milestones):
-        assert abs(milestone - p * epochs) <= p + 1  # rounding down, before or after scaling
+        assert abs(milestone - p * epochs) <= p + 1  # the milestone and the epochs are both rounded down
 
 
 # ---------------------------------------------------------------------------------------------- augmentation
