@@ -1,10 +1,12 @@
 """Tests of zskt.py, train_teacher.py and benchmark.py: shapes, gradients, equivalences, hand computations,
 runs, resume, bad input. `python -m pytest -q`"""
 import argparse
+import contextlib
 import copy
 import csv
 import fnmatch
 import functools
+import io
 import json
 import math
 import os
@@ -437,6 +439,36 @@ def test_agreeing_images_only_returns_images_both_networks_agree_on():
         assert torch.equal(a(x)[0].argmax(1), shared) and torch.equal(b(x)[0].argmax(1), shared)
     agree_total = (zskt.predict(a, images, mean, std) == zskt.predict(b, images, mean, std)).sum()
     assert len(x) == min(10, int(agree_total)) and len(y) == len(x)
+
+
+class CountingLinear(torch.nn.Module):
+    """A classifier of raw pixels that counts the images it sees; predict() wants (logits, ...)."""
+    def __init__(self, seed, classes=4):
+        super().__init__()
+        self.fc, self.seen = torch.nn.Linear(3 * 4 * 4, classes), 0
+        torch.nn.init.normal_(self.fc.weight, generator=torch.Generator().manual_seed(seed))
+
+    def forward(self, x):
+        self.seen += len(x)
+        return (self.fc(x.flatten(1)),)
+
+
+@FAST
+@given(n=st.integers(1, 70), batch_size=st.integers(1, 80), seed=st.integers(0, 3))
+def test_agreeing_images_read_only_the_batches_they_need_and_equal_a_full_scan(n, batch_size, seed):
+    images = torch.randint(0, 256, (60, 3, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    labels, mean, std = torch.arange(60) % 4, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    a, b = CountingLinear(0), CountingLinear(1)
+    x, y, shared = zskt.agreeing_images(a, b, images, labels, mean, std, n, seed=seed, batch_size=batch_size)
+    # The definition, over the whole shuffled set at once:
+    order = torch.randperm(60, generator=torch.Generator().manual_seed(seed))
+    pa, pb = zskt.predict(a, images[order], mean, std), zskt.predict(b, images[order], mean, std)
+    agree = torch.nonzero(pa == pb)[:, 0]
+    keep = order[agree[:n]]
+    assert torch.equal(x, zskt.normalize(images[keep], mean, std)) and torch.equal(y, labels[keep])
+    assert torch.equal(shared, pa[agree[:n]])
+    needed = 60 if len(agree) < n else int(agree[n - 1]) + 1  # images up to the n-th agreeing one
+    assert a.seen - 60 == min(60, -(-needed // batch_size) * batch_size)  # whole batches, none after it
 
 
 # --- runs: outputs, checkpoints, resume, errors --------------------------------------------------
@@ -981,15 +1013,15 @@ def test_shortened_demo_learns_without_data(tmp_path, user_env):
     r = subprocess.run([sys.executable, str(HERE / "zskt.py")], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 2 and "train one with: " in r.stderr
     run_printed(r.stderr.split("train one with: ")[1].split(", or pass")[0], tmp_path, user_env)  # the demo teacher, ~30 s
-    run_printed(f"python {HERE / 'zskt.py'} --iterations 150 --log-every 30 --mte-images 10 --mte-steps 5 --out run",
-                tmp_path, user_env)
+    run_printed(f"python {HERE / 'zskt.py'} --iterations 150 --batch-size 32 --n-s 10 --log-every 30 --mte-images 10 "
+                "--mte-steps 5 --out run", tmp_path, user_env)  # a quarter of the demo's cost per iteration
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     with open(tmp_path / "run" / "metrics.csv") as f:
         agreement = [float(row["agreement"]) for row in csv.DictReader(f)]
-    # Measured on a 2-core CPU (2 min): teacher 99.35 %; with 2 threads student 65.85 %, agreement 35.45 % ->
-    # 65.60 %; with 1 thread (other float summation order) student 50.80 %, agreement 36.00 % -> 50.80 %. Chance: 10 %.
+    # Measured on a 2-core CPU: teacher 99.35 %; with 2 threads (49 s) student 51.35 %, agreement 24.65 % -> 51.10 %;
+    # with 1 thread (other float summation order) student 39.45 %, agreement 23.10 % -> 39.35 %. Chance: 10 %.
     assert summary["teacher_test_acc"] > 0.95
-    assert summary["student_test_acc"] > 0.4, summary
+    assert summary["student_test_acc"] > 0.3, summary
     assert max(agreement[-2:]) > agreement[0] + 0.1, agreement
 
 
@@ -1448,7 +1480,7 @@ def python_blocks(heading):
 def test_the_readme_notebook_session_runs_as_written_shortened(tmp_path):
     (code,) = python_blocks("Python API")
     shortened = code
-    for long, short in (("iterations=200", "iterations=2"), ("n=100", "n=3"), ("steps=30", "steps=2")):
+    for long, short in (("iterations=200", "iterations=2, mte_images=3, mte_steps=2"), ("n=100", "n=3"), ("steps=30", "steps=2")):
         assert long in shortened, long  # every replacement finds its target
         shortened = shortened.replace(long, short)
     (tmp_path / "checkpoints").mkdir()
@@ -1469,10 +1501,17 @@ def test_the_readme_notebook_session_runs_as_written_shortened(tmp_path):
 import reproduce  # noqa: E402  (here, next to its tests)
 
 
-def listed(*args):
-    r = subprocess.run([sys.executable, str(HERE / "reproduce.py"), *args, "--list"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return [line for line in r.stdout.splitlines() if not line.startswith("#")]
+def listed(*args, in_process=True):
+    """The commands `reproduce.py ... --list` prints; in_process=False runs it as a user does."""
+    if in_process:
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            reproduce.main([*args, "--list"])
+        text = out.getvalue()
+    else:
+        r = subprocess.run([sys.executable, str(HERE / "reproduce.py"), *args, "--list"], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        text = r.stdout
+    return [line for line in text.splitlines() if not line.startswith("#")]
 
 
 def test_the_paper_plans_list_every_run_once_in_dependency_order(tmp_path):
@@ -1489,7 +1528,7 @@ def test_the_paper_plans_list_every_run_once_in_dependency_order(tmp_path):
         for i, line in enumerate(lines, 1):
             number, after = re.search(r"# \[(\d+)\] stage (\d+)(?:, after (.*))?$", line).group(1, 3)
             assert int(number) == i and all(int(d) < i for d in (after or "").split(", ") if d)
-    lines = listed("all", "--results", str(tmp_path / "r"))
+    lines = listed("all", "--results", str(tmp_path / "r"), in_process=False)
     text = "\n".join(lines)
     assert "--distill-from " + str(tmp_path / "r" / "runs" / "cifar10" / "scratch-wrn-40-2-seed0" / "model.pt") in text
     assert text.count("zskt.py curves") == 2 and text.count("--finetune-from") == 30
@@ -1498,7 +1537,17 @@ def test_the_paper_plans_list_every_run_once_in_dependency_order(tmp_path):
                           for line in stage1)
 
 
-def test_the_tiny_pipeline_runs_skips_resumes_and_reports(tmp_path, capsys):
+@pytest.fixture
+def short_test_split(monkeypatch):
+    """shapes with its whole train split (the plans' M-image subsets need 200 per class) and 200 test
+    images: the in-process runs then spend their time on the plan, not on evaluating 2,000 images."""
+    def load(name, split, *a):
+        x, y, names = REAL_LOAD(name, split, *a)
+        return (x[:200], y[:200], names) if (name, split) == ("shapes", "test") else (x, y, names)
+    monkeypatch.setattr(zskt, "load_dataset", load)
+
+
+def test_the_tiny_pipeline_runs_skips_resumes_and_reports(tmp_path, capsys, short_test_split):
     results = tmp_path / "r"
     run = lambda *flags: reproduce.main(["all", "--smoke", "--in-process", "--results", str(results), *flags])
     run()

@@ -131,7 +131,8 @@ zskt.show_samples(generator, teacher, mean, std, classes).savefig(OUT / "samples
 kd_dir = OUT / "kdat-m10"
 if not (kd_dir / "model.pt").exists():
     train_teacher.main(["--arch", "wrn-16-1", "--samples-per-class", "10", "--distill-from", str(teacher_file),
-                        "--out", str(kd_dir), "--overwrite", *(["--epochs", "1", "--max-steps", "3"] if QUICK else [])])
+                        "--out", str(kd_dir), "--overwrite",  # quick: M = 100, so 20 epochs instead of 200
+                        *(["--epochs", "1", "--max-steps", "3", "--samples-per-class", "100"] if QUICK else [])])
 kd_student = zskt.load_model(kd_dir / "model.pt")[0].to(device)
 panels = []
 for name, stepped in (("zero-shot", student), ("KD+AT, M = 10", kd_student)):
