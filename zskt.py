@@ -388,7 +388,8 @@ def agreeing_images(a, b, images, labels, mean, std, n, seed=0, batch_size=500):
     found, shared = [], []
     for idx in torch.randperm(len(images), generator=torch.Generator().manual_seed(seed)).split(batch_size):
         pa, pb = predict(a, images[idx], mean, std), predict(b, images[idx], mean, std)
-        found.append(idx[pa == pb]), shared.append(pa[pa == pb])
+        found.append(idx[pa == pb])
+        shared.append(pa[pa == pb])
         if sum(map(len, found)) >= n:
             break
     keep = torch.cat(found)[:n]
