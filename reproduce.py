@@ -57,7 +57,7 @@ SCALES = {
                  zero_shot=["--iterations", "100", "--log-every", "25", "--mte-images", "100", "--mte-steps", "30"],
                  kdat_m=200, mte=["--images", "100", "--steps", "30"]),
     "smoke": dict(datasets=("shapes",), seeds=(0,), teacher=["--epochs", "1", "--max-steps", "1", "--batch-size", "8"],
-                  zero_shot=["--iterations", "2", "--batch-size", "4", "--n-s", "1", "--log-every", "1", "--mte-images",
+                  zero_shot=["--iterations", "2", "--batch-size", "4", "--n-s", "1", "--log-every", "2", "--mte-images",
                              "2", "--mte-steps", "2"], kdat_m=200, mte=["--images", "2", "--steps", "2"]),
 }
 
