@@ -1554,7 +1554,11 @@ def test_the_tiny_pipeline_runs_skips_resumes_and_reports(tmp_path, capsys, shor
     # M-image runs scale their epochs by N / (C M): 200 one-step epochs at M = 10. The schedule has tests of
     # its own; this one is about the plan, so at most 10 epochs (the M = 200 runs keep theirs).
     schedule = tt.schedule
-    monkeypatch.setattr(tt, "schedule", lambda *a: (min(schedule(*a)[0], 10), schedule(*a)[1]))
+
+    def capped(*args):
+        epochs, milestones = schedule(*args)
+        return min(epochs, 10), milestones
+    monkeypatch.setattr(tt, "schedule", capped)
     results = tmp_path / "r"
     run = lambda *flags: reproduce.main(["all", "--smoke", "--in-process", "--results", str(results), *flags])
     run()
