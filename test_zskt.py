@@ -1123,16 +1123,16 @@ OUTPUT_FILES = re.compile(r"(checkpoint|model|student|teacher|summary|config|agg
                           r"samples_.*|log|training|toy|table\d|figure\d|last|benchmark-gpu|stage\d|reproduce)\.\w+")
 
 
-def help_text(script, args, capsys, monkeypatch):
+def help_text(script, args, monkeypatch):
     """What `python SCRIPT ARGS --help` prints, in-process: a subprocess adds only the interpreter's start-up."""
     monkeypatch.setenv("COLUMNS", "80")  # argparse wraps as it does in a pipe
     monkeypatch.setattr(sys, "argv", [str(HERE / script)])  # argparse's program name
-    with pytest.raises(SystemExit):
+    with contextlib.redirect_stdout(io.StringIO()) as out, pytest.raises(SystemExit):
         {"zskt.py": zskt.main, "train_teacher.py": tt.main}[script]([*args, "--help"])
-    return capsys.readouterr().out
+    return out.getvalue()
 
 
-def test_no_reference_to_anything_a_user_does_not_have(capsys, monkeypatch):
+def test_no_reference_to_anything_a_user_does_not_have(monkeypatch):
     """Code, help texts and README cite the paper or the author's repositories; every file they name
     is in this repository, one of the author's, or one the programs write."""
     tracked = subprocess.run(["git", "ls-files"], cwd=HERE, capture_output=True, text=True).stdout.split()
@@ -1140,7 +1140,7 @@ def test_no_reference_to_anything_a_user_does_not_have(capsys, monkeypatch):
         pytest.skip("not a git checkout")
     texts = {f: (HERE / f).read_text() for f in tracked if f.endswith((".py", ".md", ".txt", ".toml")) and (HERE / f).exists()}
     for script, args in (("zskt.py", []), ("train_teacher.py", []), ("zskt.py", ["curves"])):
-        texts[" ".join([script, *args, "--help"])] = help_text(script, args, capsys, monkeypatch)
+        texts[" ".join([script, *args, "--help"])] = help_text(script, args, monkeypatch)
     for name, text in texts.items():
         for bad in ("\u00a7", "PAP" + r"ER\b", "shared" + "/", "issue" + " #"):  # spelt so that this file passes too
             assert not re.search(bad, text), f"{name} mentions {bad!r}"
@@ -1440,8 +1440,8 @@ def test_tensorboard_writes_event_files_or_explains_itself(tmp_path, teacher_fil
     assert code == 2 and "pip install tensorboard" in err and not (tmp_path / "b").exists()
 
 
-def test_help_says_what_each_flag_is_with_the_chosen_dataset_defaults(capsys, monkeypatch):
-    shapes, cifar = (help_text("zskt.py", args, capsys, monkeypatch).replace("\n", " ") for args in ([], ["--dataset", "cifar10"]))
+def test_help_says_what_each_flag_is_with_the_chosen_dataset_defaults(monkeypatch):
+    shapes, cifar = (help_text("zskt.py", args, monkeypatch).replace("\n", " ") for args in ([], ["--dataset", "cifar10"]))
     assert re.search(r"--n-s N_S\s+student steps per pseudo batch \(n_S in Algorithm 1\) \(default for shapes: 20\)",
                      re.sub(r"\s+", " ", shapes))
     assert "(default for cifar10: 10)" in re.sub(r"\s+", " ", cifar) and "(default for cifar10: 80000)" in re.sub(r"\s+", " ", cifar)
