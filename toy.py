@@ -1,5 +1,6 @@
 """The toy experiment of Micaelli & Storkey, "Zero-shot Knowledge Transfer via Adversarial Belief
-Matching" (NeurIPS 2019, arXiv 1905.09768 v3): Figure 1 and the toy-experiment paragraph of Section 3.
+Matching" (NeurIPS 2019, arXiv 1905.09768 v3): Figure 1 and the toy-experiment paragraph of
+Section 3.
 
 A teacher MLP learns a 2-D, 3-class problem. A student of the same shape never sees that data: it is
 trained only on 50 pseudo points that are optimised directly (no generator) to maximise
@@ -27,9 +28,10 @@ import torch
 import torch.nn as nn
 
 import zskt
-import zskt_utils
+from zskt_plots import pyplot
+from zskt_utils import Progress, UserError, resolve_device, run_cli, seed_everything
 
-COLORS = ("red", "green", "blue")  # class c is drawn in COLORS[c]; its probability is that RGB channel
+COLORS = ("red", "green", "blue")  # class c is drawn in COLORS[c], its probability in that channel
 
 
 def make_data(seed, n=1000, test_fraction=0.3):
@@ -57,8 +59,10 @@ def make_data(seed, n=1000, test_fraction=0.3):
 
 
 def mlp():
-    """Teacher and student alike (the toy experiment's MLPs; sizes from the notebook): 2 -> 100 -> 500 -> 3."""
-    return nn.Sequential(nn.Linear(2, 100), nn.ReLU(), nn.Linear(100, 500), nn.ReLU(), nn.Linear(500, 3))
+    """Teacher and student alike (the toy experiment's MLPs; sizes from the notebook):
+    2 -> 100 -> 500 -> 3."""
+    return nn.Sequential(nn.Linear(2, 100), nn.ReLU(), nn.Linear(100, 500), nn.ReLU(),
+                         nn.Linear(500, 3))
 
 
 def train_teacher(teacher, x, y, epochs=30, lr=1e-3, batch_size=50):
@@ -76,12 +80,14 @@ def train_teacher(teacher, x, y, epochs=30, lr=1e-3, batch_size=50):
 
 
 def to_input(raw):
-    """The sigmoid keeps every pseudo point inside the plotted square [-3, 3]^2 whatever the optimiser does."""
+    """The sigmoid keeps every pseudo point inside the plotted square [-3, 3]^2, whatever the
+    optimiser does."""
     return 6 * torch.sigmoid(raw) - 3
 
 
 def pseudo_point_steps(teacher, student, raw, opt, n_g, clamp=3.0):
-    """n_g adversarial steps on the points: minimise L_G = -KL(T || S) (Algorithm 1's generator step)."""
+    """n_g adversarial steps on the points: minimise L_G = -KL(T || S) (Algorithm 1's generator
+    step)."""
     for _ in range(n_g):
         x = to_input(raw)
         loss = zskt.generator_loss(student(x), teacher(x))
@@ -92,7 +98,8 @@ def pseudo_point_steps(teacher, student, raw, opt, n_g, clamp=3.0):
 
 
 def student_steps(teacher, student, x, opt, n_s, clip=3.0):
-    """n_s steps of the student on the (fixed) current points: minimise KL(T || S) (Algorithm 1's student step)."""
+    """n_s steps of the student on the (fixed) current points: minimise KL(T || S) (Algorithm 1's
+    student step)."""
     with torch.no_grad():
         t_logits = teacher(x)  # the points do not move during the student's steps
     for _ in range(n_s):
@@ -103,17 +110,22 @@ def student_steps(teacher, student, x, opt, n_s, clip=3.0):
         opt.step()
 
 
-def train_student_on_pseudo_points(teacher, student, points=50, epochs=2000, n_g=50, n_s=10, lr_points=1e-3,
-                                   lr_student=1e-3, snapshot_every=0, grid=None):
+def train_student_on_pseudo_points(teacher, student, points=50, epochs=2000, n_g=50, n_s=10,
+                                   lr_points=1e-3, lr_student=1e-3, snapshot_every=0, grid=None,
+                                   progress=None):
     """Algorithm 1 with free points: n_g point steps, then n_s student steps, per epoch. Returns the
     trajectory, a tensor (epochs + 1, points, 2) of the points' positions (after each epoch's point
-    steps), and, every `snapshot_every` epochs, (epoch, student probabilities on `grid`) for the GIF."""
+    steps), and, every `snapshot_every` epochs, (epoch, student probabilities on `grid`) for the
+    GIF.
+    `progress.update()` is called after every epoch."""
     device = next(student.parameters()).device
     teacher.requires_grad_(False)
-    raw = (torch.randn(points, 2) + 3).to(device).requires_grad_()  # starts near (2.7, 2.7): far from the data
-    # fused=True: the same update as the default Adam, in one kernel; the 120k tiny steps are overhead-bound.
+    # The points start near (2.7, 2.7), far from the data.
+    raw = (torch.randn(points, 2) + 3).to(device).requires_grad_()
+    # fused=True: the same update as the default Adam in one kernel (120k tiny steps: overhead).
     opt_points = torch.optim.Adam([raw], lr=lr_points, betas=(0.9, 0.999), fused=True)
-    opt_student = torch.optim.Adam(student.parameters(), lr=lr_student, betas=(0.9, 0.999), fused=True)
+    opt_student = torch.optim.Adam(student.parameters(), lr=lr_student, betas=(0.9, 0.999),
+                                   fused=True)
     trajectory = torch.empty(epochs + 1, points, 2)
     trajectory[0] = to_input(raw).detach().cpu()
     snapshots = [(0, probabilities(student, grid))] if snapshot_every else []
@@ -124,6 +136,8 @@ def train_student_on_pseudo_points(teacher, student, points=50, epochs=2000, n_g
         student_steps(teacher, student, x, opt_student, n_s)
         if snapshot_every and (epoch % snapshot_every == 0 or epoch == epochs):
             snapshots.append((epoch, probabilities(student, grid)))
+        if progress is not None:
+            progress.update()
     return trajectory, snapshots
 
 
@@ -139,8 +153,10 @@ def make_grid(n, device):
 
 
 def draw_panel(ax, probs, n, x_test, y_test, title):
-    """Decision regions as the class probabilities in RGB (the notebook's rendering) plus the boundaries."""
-    ax.imshow(probs.view(n, n, 3).numpy(), extent=(-3, 3, -3, 3), origin="lower", alpha=0.3, interpolation="bilinear")
+    """Decision regions as the class probabilities in RGB (the notebook's rendering), plus the
+    boundaries."""
+    ax.imshow(probs.view(n, n, 3).numpy(), extent=(-3, 3, -3, 3), origin="lower", alpha=0.3,
+              interpolation="bilinear")
     for c in range(3):
         ax.scatter(*x_test[y_test == c].T, s=3, color=COLORS[c], alpha=0.2, linewidths=0)
     ax.set(xlim=(-3, 3), ylim=(-3, 3), xticks=[], yticks=[], aspect="equal", title=title)
@@ -153,9 +169,11 @@ def boundaries(ax, probs, n):
                       linewidths=0.8, alpha=0.6)
 
 
-def plot(path, teacher_probs, student_probs, n, trajectory, x_test, y_test, titles, gif_path=None, snapshots=()):
-    """Figure 1: teacher and student decision regions side by side, with the pseudo points' trajectories."""
-    plt = zskt_utils.pyplot()
+def plot(path, teacher_probs, student_probs, n, trajectory, x_test, y_test, titles, gif_path=None,
+         snapshots=()):
+    """Figure 1: teacher and student decision regions side by side, with the pseudo points'
+    trajectories."""
+    plt = pyplot()
     x_test, y_test, traj = x_test.cpu(), y_test.cpu(), trajectory.numpy()
     fig, axes = plt.subplots(1, 2, figsize=(11, 5.6), constrained_layout=True)
     lines, heads, contours = [], [], []
@@ -163,7 +181,8 @@ def plot(path, teacher_probs, student_probs, n, trajectory, x_test, y_test, titl
         contours.append(draw_panel(ax, probs, n, x_test, y_test, title))
         ax.scatter(*traj[0].T, s=8, color="0.4", zorder=3)  # where the points started
         lines.append(ax.plot(traj[:, :, 0], traj[:, :, 1], color="k", lw=0.5, alpha=0.3, zorder=4))
-        heads.append(ax.scatter(*traj[-1].T, marker="P", s=70, facecolor="yellow", edgecolor="k", lw=1, zorder=5))
+        heads.append(ax.scatter(*traj[-1].T, marker="P", s=70, facecolor="yellow", edgecolor="k",
+                                lw=1, zorder=5))
     fig.suptitle(f"Zero-shot transfer on a 2-D toy problem: {traj.shape[1]} pseudo points over "
                  f"{len(traj) - 1} epochs (grey: start, yellow: last position)")
     fig.savefig(path, dpi=110)
@@ -183,7 +202,7 @@ def plot(path, teacher_probs, student_probs, n, trajectory, x_test, y_test, titl
                 head.set_offsets(traj[epoch])
             student_ax.set_title(f"Student, epoch {epoch}")
         writer = PillowWriter(fps=8)
-        with writer.saving(fig, gif_path, dpi=60):  # not FuncAnimation.save, which draws every frame twice
+        with writer.saving(fig, gif_path, dpi=60):  # FuncAnimation.save draws every frame twice
             for i in range(len(snapshots)):
                 frame(i)
                 writer.grab_frame()
@@ -197,10 +216,13 @@ def parse_args(argv):
     p.add_argument("--n-s", type=int, default=10, help="student steps per epoch (default 10)")
     p.add_argument("--points", type=int, default=50, help="number of pseudo points (default 50)")
     p.add_argument("--epochs", type=int, default=2000, help="epochs of Algorithm 1 (default 2000)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the data, the split and both networks")
-    p.add_argument("--teacher-epochs", type=int, default=30, help="teacher training epochs (default 30)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the data, the split and both "
+                   "networks")
+    p.add_argument("--teacher-epochs", type=int, default=30, help="teacher training epochs "
+                   "(default 30)")
     p.add_argument("--out", default="runs/toy", help="output folder for toy.png, toy.json, toy.gif")
-    p.add_argument("--gif", action=argparse.BooleanOptionalAction, default=True, help="also write toy.gif")
+    p.add_argument("--gif", action=argparse.BooleanOptionalAction, default=True,
+                   help="also write toy.gif")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     return p.parse_args(argv)
 
@@ -209,26 +231,34 @@ def main(argv=None):
     args = parse_args(argv)
     for name in ("epochs", "points", "teacher_epochs"):
         if getattr(args, name) < 1:
-            raise zskt.UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got "
+                            f"{getattr(args, name)}")
     for name in ("n_g", "n_s"):
         if getattr(args, name) < 0:
-            raise zskt.UserError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
+            raise UserError(f"--{name.replace('_', '-')} must be 0 or more, got "
+                            f"{getattr(args, name)}")
+    if args.seed not in range(2 ** 32):
+        raise UserError(f"--seed {args.seed}: seeds must be whole numbers from 0 to 2**32 - 1")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
-        raise zskt.UserError(f"--out {out} is a file; give a folder")
-    args.device = device = zskt.resolve_device(args.device)
+        raise UserError(f"--out {out} is a file; give a folder")
+    args.device = device = resolve_device(args.device)
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    zskt.seed_everything(args.seed)
+    seed_everything(args.seed)
 
     x_train, y_train, x_test, y_test = (t.to(device) for t in make_data(args.seed))
     teacher = train_teacher(mlp().to(device), x_train, y_train, epochs=args.teacher_epochs)
     student = mlp().to(device)
+    bar = Progress(args.epochs, "toy: Algorithm 1 with free points", unit="epoch", every=30.0)
     trajectory, snapshots = train_student_on_pseudo_points(
         teacher, student, args.points, args.epochs, args.n_g, args.n_s,
-        snapshot_every=max(1, args.epochs // 40) if args.gif else 0, grid=make_grid(100, device))
+        snapshot_every=max(1, args.epochs // 40) if args.gif else 0, grid=make_grid(100, device),
+        progress=bar)
+    bar.close()
 
-    t_pred, s_pred = probabilities(teacher, x_test).argmax(1), probabilities(student, x_test).argmax(1)
+    t_pred = probabilities(teacher, x_test).argmax(1)
+    s_pred = probabilities(student, x_test).argmax(1)
     y = y_test.cpu()
     result = {"teacher_test_acc": (t_pred == y).float().mean().item(),
               "student_test_acc": (s_pred == y).float().mean().item(),
@@ -245,9 +275,10 @@ def main(argv=None):
          x_test, y_test, titles, out / "toy.gif" if args.gif else None, snapshots)
     result["seconds"], result["threads"] = round(time.time() - start, 1), torch.get_num_threads()
     (out / "toy.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out / 'toy.png'}{', toy.gif' if args.gif else ''} and toy.json in {result['seconds']} s")
+    gif = ", toy.gif" if args.gif else ""
+    print(f"wrote {out / 'toy.png'}{gif} and toy.json in {result['seconds']} s")
     return result
 
 
 if __name__ == "__main__":
-    zskt.run_cli(main)
+    run_cli(main)
