@@ -364,6 +364,18 @@ def test_algorithm_1_runs_its_iterations_with_both_cosine_schedules():
     assert [it for it, _ in rest] == [3, 4]
 
 
+def test_algorithm_1_runs_in_the_batchnorm_modes_of_the_author(monkeypatch):
+    """Handed over in the wrong modes, the teacher runs in eval mode (its running statistics) and
+    the student and the generator in train mode (the pseudo batches' statistics)."""
+    t, s, g, _, _, cfg = tiny_setup(iterations=2, n_s=1)
+    t.train(), s.eval(), g.eval()
+    modes, original = [], zskt.zero_shot_iteration
+    monkeypatch.setattr(zskt, "zero_shot_iteration", lambda t_, s_, g_, *a: modes.append(
+        (t_.training, s_.training, g_.training)) or original(t_, s_, g_, *a))
+    list(zskt.algorithm_1(t, s, g, zskt.optimizers(s, g, cfg), cfg))
+    assert modes == [(False, True, True)] * 2
+
+
 def test_config_fields_carry_their_help_and_presets_only_known_fields():
     fields = {f.name: f for f in zskt.Config.__dataclass_fields__.values()}
     assert all(f.metadata.get("help") for f in fields.values())

@@ -294,7 +294,8 @@ class Config:
     iterations: int = setting(80_000, "outer iterations (N in Algorithm 1)")
     dataset: str = setting("cifar10", "the dataset whose test split measures the student")
     teacher: str = setting("wrn-40-2", "teacher architecture; by default read off its file")
-    student: str = setting("wrn-16-1", "student architecture, e.g. wrn-16-1")
+    student: str = setting("wrn-16-1", "student architecture: wrn-DEPTH-WIDTH (e.g. wrn-16-1), "
+                                       "resnet18, resnet34 or vgg11")
     seed: int = setting(0, "seed of the student's and generator's initialisation and of z")
     # Transition curves at the end of a run (Section 4.4): N images, K steps, step size xi.
     mte_images: int = setting(1_000, "test images for the final transition curves and MTE (N in "
@@ -320,7 +321,7 @@ PRESETS = {
     "cifar100": dict(iterations=80_000),  # not in the paper: CIFAR-10's settings
     "svhn": dict(iterations=50_000),
     "folder": dict(iterations=80_000),
-    # Demo-sized: the README's settings table says why each value differs from the paper's.
+    # Demo-sized: docs/settings.md says why each value differs from the paper's.
     "shapes": dict(teacher="wrn-16-1", student="wrn-16-1", iterations=750, batch_size=64, n_s=20,
                    lr_student=5e-3, lr_generator=2e-3, log_every=50, checkpoint_every=250,
                    mte_images=100, mte_steps=30),
@@ -412,6 +413,9 @@ def algorithm_1(teacher, student, generator, opts, cfg, first=1):
     The teacher stays frozen in eval mode, the student and the generator in train mode. Yields
     (iteration, what zero_shot_iteration returned) after each iteration, so that the caller can
     log, checkpoint or stop between iterations."""
+    teacher.eval()  # BatchNorm with its running statistics, as the author's solver.py
+    student.train()  # BatchNorm with the pseudo batches' statistics, in both phases
+    generator.train()
     for iteration in range(first, cfg.iterations + 1):
         out = zero_shot_iteration(teacher, student, generator, opts.student, opts.generator, cfg)
         opts.student_schedule.step()

@@ -163,7 +163,7 @@ def save_network(model, arch, path, dataset="shapes", image_size=None):
     return path
 
 
-# Run as `python -c CHECK_FIGURES script.py`: the script's figures must keep their texts inside.
+# Run as `python -c CHECK_FIGURES SCRIPT`: every figure SCRIPT saves must keep its texts inside.
 CHECK_FIGURES = """
 import runpy, sys
 import matplotlib
