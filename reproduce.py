@@ -330,7 +330,7 @@ def run_plan(runs, results, data_dir, in_process=False, stage=None, give_up_afte
             continue
         took = sum(seconds(r, results) for r in runs if state(r, results) == "done")
         print(f"[{i}/{len(runs)}] {run.name} ({state(run, results)}); finished runs took "
-              f"{format_time(took)}, this session {format_time(time.time() - t0)}", flush=True)
+              f"{format_time(took)}, this invocation {format_time(time.time() - t0)}", flush=True)
         why = execute(run, results, data_dir, in_process)
         tried.append(why)
         if why:

@@ -29,7 +29,7 @@ import torch.nn as nn
 
 import zskt
 from zskt_plots import pyplot
-from zskt_utils import Progress, UserError, resolve_device, run_cli, seed_everything
+from zskt_utils import Progress, UserError, check_seed, resolve_device, run_cli, seed_everything
 
 COLORS = ("red", "green", "blue")  # class c is drawn in COLORS[c], its probability in that channel
 
@@ -237,8 +237,7 @@ def main(argv=None):
         if getattr(args, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must be 0 or more, got "
                             f"{getattr(args, name)}")
-    if args.seed not in range(2 ** 32):
-        raise UserError(f"--seed {args.seed}: seeds must be whole numbers from 0 to 2**32 - 1")
+    check_seed(args.seed)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder")

@@ -2,7 +2,7 @@
 baselines of the paper (Section 4.1), with the recipe of the author's FewShotKnowledgeTransfer
 code (main.py, solver.py), and the fine-tuning of a zero-shot student on M images per class.
 
-    python train_teacher.py                                     # demo teacher on shapes (30 s)
+    python train_teacher.py                                     # demo teacher on shapes (35 s)
     python train_teacher.py --dataset cifar10 --arch wrn-40-2   # a teacher of Table 1 (200 epochs)
     python train_teacher.py --dataset cifar10 --arch wrn-16-1 --samples-per-class 200  # no teacher
     python train_teacher.py --dataset cifar10 --arch wrn-16-1 --samples-per-class 200 \\
@@ -28,9 +28,9 @@ import torch.nn.functional as F
 import zskt
 import zskt_models
 import zskt_run
-from zskt_utils import (Progress, Stopped, StopOnSignal, UserError, device_name, full_fp32,
-                        load_checkpoint, plural, prepare_run_dir, resolve_device, rng_state,
-                        run_cli, run_lock, save_atomic, seed_everything, set_rng_state,
+from zskt_utils import (Progress, Stopped, StopOnSignal, UserError, check_seed, device_name,
+                        full_fp32, load_checkpoint, plural, prepare_run_dir, resolve_device,
+                        rng_state, run_cli, run_lock, save_atomic, seed_everything, set_rng_state,
                         shell_command, tee, user_input, write_json)
 
 # Section 4.1: SGD(0.1, momentum 0.9, wd 5e-4), lr x0.2 at 30/60/80% of the epochs, batch 128.
@@ -39,7 +39,7 @@ PRESETS = {
     "cifar100": dict(epochs=200, lr=0.1, batch_size=128, augment=True),  # CIFAR-10's recipe
     "svhn": dict(epochs=100, lr=0.1, batch_size=128, augment=False),  # train split, no augmentation
     "folder": dict(epochs=200, lr=0.1, batch_size=128, augment=True),
-    # Demo-sized: 4 epochs (lr 0.1, 0.1, 0.02, 0.004), batch 128: WRN-16-1 at 99.35 % in 30 s.
+    # Demo-sized: 4 epochs (lr 0.1, 0.1, 0.02, 0.004), batch 128: WRN-16-1 at 99.35 % in 35 s.
     # No augmentation: zskt_shapes already randomises position, rotation, size and colour, and
     # the test split is drawn the same way.
     "shapes": dict(epochs=4, lr=0.1, batch_size=128, augment=False),
@@ -118,13 +118,6 @@ def scale_n_iters(dataset, m, rule="author"):
     fewer iterations; beyond M = 100 (Table 2's KD+AT student at M = 200) no script exists, and
     M/100 would train twice a full-data run, so the scale stops at 1. CIFAR and the paper: 1."""
     return min(m / 100, 1.0) if dataset == "svhn" and m != -1 and rule == "author" else 1.0
-
-
-def iterations(dataset, m, n_train, n_classes, batch_size=128, rule="author"):
-    """The training steps of a few-shot (or, with m = -1, full-data) run: epochs x batches."""
-    base = PRESETS[dataset]["epochs"]
-    epochs = schedule(base, n_train, n_classes, m, scale_n_iters(dataset, m, rule))[0]
-    return epochs * steps_per_epoch(n_train if m == -1 else m * n_classes, batch_size)
 
 
 def sgd(model, lr):
@@ -293,7 +286,6 @@ def fill_defaults(args, given, dataset, arch, data_dir, init):
               (args.batch_size < 2, "--batch-size must be at least 2 (BatchNorm needs two "
                                     "examples)"),
               (not 0 < args.lr < float("inf"), "--lr must be a positive number"),
-              (args.seed not in range(2 ** 32), "--seed must be from 0 to 2**32 - 1"),
               (args.samples_per_class == 0 or args.samples_per_class < -1,
                "--samples-per-class must be -1 (all images) or positive"),
               (args.max_steps is not None and args.max_steps <= 0, "--max-steps must be positive"),
@@ -303,6 +295,7 @@ def fill_defaults(args, given, dataset, arch, data_dir, init):
     for bad, message in checks:
         if bad:
             raise UserError(message)
+    check_seed(args.seed)
     if args.distill_from and not Path(args.distill_from).is_file():
         raise UserError(f"--distill-from: no checkpoint file at {args.distill_from}")
     copy_exists = args.teacher_copy and Path(args.teacher_copy).exists()
@@ -401,12 +394,13 @@ def prepared(args, device, teacher, resumed, test, milestones, init):
     args.kd_at_beta = 1000.0
     if teacher is not None:
         teacher.to(device, memory_format=torch.channels_last).eval().requires_grad_(False)
+        size = test.images.shape[-1]
         with user_input():
-            teacher, model, note = zskt_models.pair_for_attention(teacher, model,
-                                                                  test.images.shape[-1], 1000.0)
-        if note:  # the author's FewShot code scales beta by 3 / (number of layers)
-            args.kd_at_beta = 1000.0 * 3 / len(teacher.keep)
-            print(f"{note}; beta = 1000 x 3 / {len(teacher.keep)}")
+            teacher, model, note = zskt_models.pair_for_attention(teacher, model, size, 1000.0)
+        pairs = len(zskt_models.map_sizes(teacher, size))
+        args.kd_at_beta = 1000.0 * 3 / pairs  # the author's FewShot code: 3 / (number of layers)
+        if note or pairs != 3:
+            print(f"{note or 'attention transfer pairs every map'}; beta = 1000 x 3 / {pairs}")
     epoch, step = 0, 0
     if resumed:
         zskt_models.unwrap(model).load_state_dict(resumed["model"])
@@ -431,13 +425,14 @@ def fit(args, device, teacher, resumed, data, test, plan, init=None):
     test = test._replace(images=test.images.to(device))
     what = f"KD+AT from {args.distill_from}" if teacher is not None else "cross-entropy"
     drops = sorted({m + 1 for m in milestones if m + 1 < epochs})  # after which lr is x0.2
+    per_epoch = steps_per_epoch(len(data[0]), args.batch_size, args.max_steps)
     print(f"{args.arch} on {args.dataset} ({len(data[0])} train / {len(test.images)} test "
-          f"images), {what}, {plural(epochs, 'epoch')}, batch {min(args.batch_size, len(data[0]))}"
+          f"images), {what}, {plural(epochs, 'epoch')} ({plural(epochs * per_epoch, 'step')}), "
+          f"batch {min(args.batch_size, len(data[0]))}"
           f", lr {args.lr}" + (f" (x0.2 after epoch{'s' * (len(drops) > 1)} "
                                f"{', '.join(map(str, drops))})" if drops else "") +
           f", {device}; run dir {args.out}")
     start = time.time() - (resumed or {}).get("seconds", 0.0)  # wall time across resumes
-    per_epoch = steps_per_epoch(len(data[0]), args.batch_size, args.max_steps)
     bar = Progress(epochs * per_epoch, "training", initial=epoch * per_epoch + step, unit="step")
     test_acc, sums = None, fresh_sums()
     with StopOnSignal() as stop:

@@ -262,8 +262,11 @@ def generator_loss(student_logits, teacher_logits, temperature=1.0):
 
 def student_loss(student_logits, teacher_logits, student_acts, teacher_acts, beta=250.0,
                  temperature=1.0):
-    """L_S = KL(T || S) + beta * sum_l AT_l (Eq. 1)."""
+    """L_S = KL(T || S) + beta * sum_l AT_l (Eq. 1); with beta = 0 the maps are not even compared
+    (as the author's `if AT_beta > 0`)."""
     kl = kl_divergence(student_logits, teacher_logits, temperature)
+    if beta == 0:
+        return kl
     return kl + beta * attention_loss(student_acts, teacher_acts)
 
 

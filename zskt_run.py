@@ -2,7 +2,9 @@
 nothing here changes what the method computes, only what a run saves, shows, checks and resumes.
 
 A run directory holds config.json (what --resume needs), metrics.csv, samples_*.png, training.png,
-log.txt, checkpoint.pt, and at the end student.pt, curves.npz, transition.png and summary.json.
+log.txt, checkpoint.pt (teacher.pt for a teacher from Python, tensorboard/ on request), and at the
+end student.pt, curves.npz, transition.png and summary.json; a run of several seeds holds a run
+directory seed<k>/ per seed and aggregate.json. docs/long-runs.md says what each holds.
 """
 import argparse
 import csv
@@ -23,8 +25,8 @@ import torch.nn.functional as F
 import zskt
 import zskt_models
 import zskt_plots
-from zskt_utils import (Progress, Stopped, StopOnSignal, UserError, check_seed, device_name,
-                        format_time, full_fp32, load_checkpoint, over_seeds, plural,
+from zskt_utils import (SEEDS, Progress, Stopped, StopOnSignal, UserError, check_seed,
+                        device_name, format_time, full_fp32, load_checkpoint, over_seeds, plural,
                         prepare_run_dir, resolve_device, rng_state, run_cli, run_lock,
                         save_atomic, seed_everything, set_rng_state, shell_command, tee,
                         user_input, write_csv, write_json)
@@ -50,9 +52,10 @@ def train_zero_shot(cfg, teacher, test, out, device=None, resume=False, overwrit
     measures. Writes the run directory `out`; an existing one is refused unless `resume` (continue
     from its checkpoint) or `overwrite`. The teacher may be any classifier: one that returns
     logits only gets its attention maps from the modules named in `attention_layers` (forward
-    hooks), or none, which needs cfg.beta = 0. config.json names the teacher's file (a copy,
-    teacher.pt, when the teacher came from Python), so `python zskt.py --out OUT --resume`
-    continues the run. Returns Trained(student, generator, summary)."""
+    hooks), or none, which needs cfg.beta = 0; it is moved to the device and frozen. config.json
+    names the teacher's file (a copy, teacher.pt, when the teacher came from Python), so
+    `python zskt.py --out OUT --resume` continues the run. Returns Trained(student, generator,
+    summary)."""
     device, out = resolve_device(device), Path(out)
     with user_input():
         validate(cfg)
@@ -68,6 +71,7 @@ def train_zero_shot(cfg, teacher, test, out, device=None, resume=False, overwrit
             state = None
             if resume and (out / "checkpoint.pt").is_file():
                 state = load_checkpoint(out / "checkpoint.pt")
+                check_same_config(cfg, state.get("config", {}), out)
             elif resume:
                 print(f"{out} holds no checkpoint yet, so this run starts from iteration 0")
             if not (out / "config.json").is_file():
@@ -81,6 +85,15 @@ def train_zero_shot(cfg, teacher, test, out, device=None, resume=False, overwrit
             # From here on a first Ctrl-C or SIGTERM saves a checkpoint and stops cleanly.
             with StopOnSignal(saved) as stop:
                 return train(cfg, teacher, test, out, device, state, stop, command)
+
+
+def check_same_config(cfg, saved, out):
+    """A run resumes with the settings it started with (its schedules were built for them)."""
+    diff = [f"{k}={saved[k]!r} (saved) vs {v!r} (given)" for k, v in dataclasses.asdict(cfg).items()
+            if k in saved and k != "teacher" and saved[k] != v]
+    if diff:
+        raise UserError(f"resume: the config contradicts the run in {out}: {'; '.join(diff)}; "
+                        f"pass the run's own config, or start a new out")
 
 
 def as_teacher(teacher, attention_layers, test):
@@ -390,7 +403,7 @@ def validate(cfg):
     if cfg.mte_targets not in ("label", "predicted"):
         raise ValueError(f"--mte-targets must be 'label' (the author's code) or 'predicted' (the "
                          f"paper's text), not {cfg.mte_targets!r}")
-    if cfg.seed not in range(2 ** 32):
+    if cfg.seed not in SEEDS:
         raise ValueError(f"--seed {cfg.seed}: seeds must be whole numbers from 0 to 2**32 - 1")
     zskt_models.build(cfg.teacher)  # unknown architectures are refused here
     zskt_models.build(cfg.student)
@@ -458,7 +471,7 @@ class Setup(NamedTuple):
 
 
 def run_config(saved):
-    """The Config of a saved run; fields of other versions are left out, new ones default."""
+    """The Config of a saved run; fields it does not know are ignored, missing ones default."""
     fields = {f.name for f in dataclasses.fields(zskt.Config)}
     return zskt.Config(**{k: v for k, v in saved["config"].items() if k in fields})
 

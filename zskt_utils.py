@@ -149,7 +149,7 @@ def write_json(path, obj):
 
 
 def write_csv(path, rows):
-    """metrics.csv, written atomically; rows of an older version may lack later columns."""
+    """metrics.csv, written atomically; a row may lack columns that others have."""
     fields = list(dict.fromkeys(k for row in rows for k in row))
 
     def save(rows, tmp):
@@ -367,8 +367,9 @@ class Progress:
         """One plain line: in a log file always, on a terminal only for notes (above the bar)."""
         self.shown, self.shown_n = time.time(), self.n
         rate = (self.n - self.start) / max(time.time() - self.t0, 1e-9)
-        msg = (f"{self.desc} {self.n}/{self.total} | {rate:.2f} {self.unit}/s | whole run "
-               f"ETA {format_time(self.eta())}" + (f" | {text}" if text else ""))
+        eta = "whole run ETA" if self.extra else "ETA"
+        msg = (f"{self.desc} {self.n}/{self.total} | {rate:.2f} {self.unit}/s | {eta} "
+               f"{format_time(self.eta())}" + (f" | {text}" if text else ""))
         if self.bar is None:
             print(msg, file=self.file, flush=True)
         elif text:

@@ -5,7 +5,7 @@
 # Matching* (NeurIPS 2019, arXiv 1905.09768 v3), with the functions of `zskt.py`, on the built-in
 # `shapes` data. Open it in an editor that knows `# %%` cells (VS Code, PyCharm, Spyder, Jupytext)
 # and run it cell by cell, or run it whole from the repository's folder:
-# `python docs/walkthrough.py` (4 minutes on a 2-core CPU). Figures go to
+# `python docs/walkthrough.py` (5 minutes on a 2-core CPU). Figures go to
 # `runs/walkthrough/`; in a notebook they also appear below their cell.
 
 # %%

@@ -212,6 +212,12 @@ def test_train_teacher_trains_the_literature_architectures_and_distils_from_them
     out = capsys.readouterr().out
     assert "teacher map 3 with student map 3 (4x4); beta = 1000 x 3 / 3" in out  # at 16x16
     assert betas == [1000.0] * 2
+    published_file(tmp_path / "r34.pth", "resnet34")  # four stages: beta x 3/4
+    betas.clear()
+    tt.main(["--arch", "resnet18", "--batch-size", "32", "--max-steps", "2", "--epochs", "1",
+             "--distill-from", str(tmp_path / "r34.pth"), "--out", str(tmp_path / "kd34")])
+    assert "attention transfer pairs every map; beta = 1000 x 3 / 4" in capsys.readouterr().out
+    assert betas == [750.0] * 2
     meta = zskt_models.load_model(tmp_path / "kd" / "model.pt")[1]
     assert meta["teacher"] == str(tmp_path / "vgg.pth")
 

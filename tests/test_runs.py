@@ -1,5 +1,5 @@
 """Tests of a zero-shot run (zskt_run.py): checkpoints, resume equal to an uninterrupted run,
-signals, locks, no wait for the device between log steps, runs of older versions."""
+signals, locks, no wait for the device between log steps, config.json with other fields."""
 import copy
 import json
 import math
@@ -334,13 +334,13 @@ def test_start_or_resume_continues_a_stopped_run_in_both_scripts(tmp_path, teach
     assert "finished earlier" in out and "t finished earlier: wrn-10-1" in out
 
 
-def test_runs_of_an_older_version_resume(tmp_path, teacher_file, capsys):
+def test_a_config_with_missing_or_unknown_fields_resumes(tmp_path, teacher_file, capsys):
     zskt_run.main(["--teacher-checkpoint", str(teacher_file), "--iterations", "2", "--out",
                    str(tmp_path / "r"), *TINY])
     (tmp_path / "r" / "summary.json").unlink()
     saved = json.loads((tmp_path / "r" / "config.json").read_text())
-    del saved["data_dir"], saved["image_size"]  # fields that later versions added ...
-    saved["config"]["a_field_of_another_version"] = 1  # ... and one this version does not know
+    del saved["data_dir"], saved["image_size"]  # fields that may be missing ...
+    saved["config"]["a_field_of_another_version"] = 1  # ... and one that is not known
     (tmp_path / "r" / "config.json").write_text(json.dumps(saved))
     zskt_run.main(["--out", str(tmp_path / "r"), "--resume"])
     assert (tmp_path / "r" / "summary.json").is_file()

@@ -88,10 +88,12 @@ def test_defaults_follow_the_author_code():
     (200, 3_662 * 16),    # the Table 2 KD+AT student: no more than a full-data run
     (-1, 100 * 573)])     # all 73,257 images, 100 epochs: 57,300 iterations
 def test_svhn_few_shot_iterations_never_exceed_a_full_data_run(m, expected):
-    assert tt.iterations("svhn", m, 73_257, 10) == expected
-    assert tt.iterations("svhn", m, 73_257, 10) <= tt.iterations("svhn", -1, 73_257, 10) * 1.03
+    def steps(m, rule="author"):  # as main() computes them: epochs x batches per epoch
+        epochs = tt.schedule(100, 73_257, 10, m, tt.scale_n_iters("svhn", m, rule))[0]
+        return epochs * tt.steps_per_epoch(73_257 if m == -1 else 10 * m, 128)
+    assert steps(m) == expected and steps(m) <= steps(-1) * 1.03
     if m != -1:  # the paper's rule: the same number of iterations for every M
-        assert tt.iterations("svhn", m, 73_257, 10, rule="paper") >= 57_300 * 0.97
+        assert steps(m, "paper") >= 57_300 * 0.97
 
 
 # --- augmentation ---------------------------------------------------------------------------------
@@ -190,7 +192,7 @@ def test_cli_default_paths_and_no_silent_overwrite(tmp_path):
     teacher = tmp_path / zskt_run.default_teacher_path("shapes", "wrn-10-1")
     zskt_models.load_model(teacher, arch="wrn-10-1")
     assert (tmp_path / "runs" / "shapes-wrn-10-1-seed0" / "checkpoint.pt").is_file()
-    assert "1 epoch," in r.stdout  # not "1 epochs"
+    assert "1 epoch (2 steps)," in r.stdout  # not "1 epochs"
     r = cli("train_teacher.py", "--arch", "wrn-10-1", "--epochs", "1", "--max-steps", "2",
             cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "--overwrite" in r.stderr
@@ -293,7 +295,7 @@ def test_bad_inputs_are_one_line_errors(small_shapes, tmp_path):
              (["--batch-size", "1"], "at least 2"),
              (["--lr", "-1"], "--lr must be a positive number"),
              (["--lr", "inf"], "--lr must be a positive number"),
-             (["--seed", "-1"], "--seed must be from 0 to 2\\*\\*32 - 1"),
+             (["--seed", "-1"], "seeds must be whole numbers from 0 to 2\\*\\*32 - 1"),
              (["--dataset", "mnist"], "unknown dataset"),
              (["--arch", "resnet-18"], "unknown architecture"),
              (device, "device"),
