@@ -328,6 +328,13 @@ def main(argv=None):
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests: seconds
     args = p.parse_args(argv)
     args.pairs = [tuple(pair.split(":")) for pair in args.pairs]
+    for pair in args.pairs:
+        if len(pair) != 2:
+            raise zskt_utils.UserError(f"--pairs {':'.join(pair)}: give TEACHER:STUDENT, e.g. "
+                                       f"wrn-40-2:wrn-16-1")
+        for name in pair:
+            with zskt_utils.user_input():
+                zskt.wrn(name)  # an unknown name is refused before any timing
     device = zskt_utils.resolve_device(args.device)
     zskt_utils.full_fp32()
     torch.backends.cudnn.benchmark = True

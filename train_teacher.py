@@ -148,7 +148,8 @@ def steps_per_epoch(n, batch_size, max_steps=None):
     return min(n // bs + (n % bs >= 2), max_steps or n)
 
 
-def train(model, teacher, optimizer, data, args, epoch, first_step=0, stop=None, progress=None):
+def train_epoch(model, teacher, optimizer, data, args, epoch, first_step=0, stop=None,
+                progress=None):
     """One epoch of `data` (images, labels on the device) from `first_step`; returns early after
     the step on which a signal arrived. Cross-entropy without a teacher (scratch = KD+AT with
     alpha = 0, beta = 0), KD+AT with one."""
@@ -217,7 +218,8 @@ def resolve(args):
     validate them. Paths are stored resolved, so a run resumes from any working directory.
     Returns the resume checkpoint, or None."""
     given = given_flags(args)
-    dataset = given.get("dataset", "shapes")
+    # --dataset, else the one the KD+AT teacher's file names (the literature's <dataset>_<arch>.pth)
+    dataset = given.get("dataset") or zskt_run.dataset_of(given.get("distill_from")) or "shapes"
     with user_input():
         zskt.make_config(dataset)  # refuses unknown datasets
     if args.start_or_resume:  # a scheduler may run one command twice: it continues the first run
@@ -438,7 +440,7 @@ def fit(args, device, teacher, resumed, data, test, plan, init=None):
     with StopOnSignal() as stop:
         while epoch < epochs:
             t, lr = time.time(), optimizer.param_groups[0]["lr"]
-            log = train(model, teacher, optimizer, data, args, epoch, step, stop, bar)
+            log = train_epoch(model, teacher, optimizer, data, args, epoch, step, stop, bar)
             log["train_s"] = time.time() - t
             sums = {k: sums[k] + log[k] for k in sums}
             step = log["done"]

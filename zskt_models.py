@@ -229,8 +229,13 @@ class WithAttention(nn.Module):
             raise ValueError(f"attention_layers: the model has no module called "
                              f"{', '.join(missing)}; its modules include "
                              f"{', '.join(list(modules)[1:8])}")
-        for name in self.layers:
-            modules[name].register_forward_hook(self.keeper(name))
+        self.handles = [modules[name].register_forward_hook(self.keeper(name))
+                        for name in self.layers]
+
+    def remove(self):
+        """Takes the hooks off the classifier."""
+        for handle in self.handles:
+            handle.remove()
 
     def keeper(self, name):
         def hook(module, inputs, output):

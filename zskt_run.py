@@ -25,8 +25,8 @@ import torch.nn.functional as F
 import zskt
 import zskt_models
 import zskt_plots
-from zskt_utils import (SEEDS, Progress, Stopped, StopOnSignal, UserError, check_seed,
-                        device_name, format_time, full_fp32, load_checkpoint, over_seeds, plural,
+from zskt_utils import (Progress, Stopped, StopOnSignal, UserError, check_seed, device_name,
+                        format_time, full_fp32, is_seed, load_checkpoint, over_seeds, plural,
                         prepare_run_dir, resolve_device, rng_state, run_cli, run_lock,
                         save_atomic, seed_everything, set_rng_state, shell_command, tee,
                         user_input, write_csv, write_json)
@@ -57,34 +57,50 @@ def train_zero_shot(cfg, teacher, test, out, device=None, resume=False, overwrit
     `python zskt.py --out OUT --resume` continues the run. Returns Trained(student, generator,
     summary)."""
     device, out = resolve_device(device), Path(out)
+    full_fp32()
+    if device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True  # fastest kernels, at the price of bit-exact reruns
     with user_input():
-        validate(cfg)
+        cfg = validate(cfg)
         teacher = as_teacher(teacher, attention_layers, test)
     network = zskt_models.unwrap(teacher)  # its name, for the logs and the summary
-    name = zskt_models.infer_arch(network.state_dict())[0] or type(network).__name__
-    cfg = dataclasses.replace(cfg, teacher=name)
+    arch = zskt_models.infer_arch(network.state_dict())[0]
+    cfg = dataclasses.replace(cfg, teacher=arch or type(network).__name__)
     command = resume_command or shell_command("zskt.py", "--out", out.resolve(), "--resume")
-    with run_lock(out):
-        if not resume:
-            prepare_run_dir(out, overwrite=overwrite, hint=hint)
-        with tee(out / "log.txt"):  # the console, also in the run directory
-            state = None
-            if resume and (out / "checkpoint.pt").is_file():
-                state = load_checkpoint(out / "checkpoint.pt")
-                check_same_config(cfg, state.get("config", {}), out)
-            elif resume:
-                print(f"{out} holds no checkpoint yet, so this run starts from iteration 0")
-            if not (out / "config.json").is_file():
-                source = teacher_checkpoint or save_teacher_copy(teacher, cfg, test, out)
-                write_json(out / "config.json", run_record(cfg, [cfg.seed], source, data_dir,
-                                                           test.images.shape[-1]))
-            saved = "no checkpoint had been written yet"
-            if state:
-                saved = f"the last checkpoint, {out / 'checkpoint.pt'} (iteration " \
-                        f"{state['iteration']}), stays"
-            # From here on a first Ctrl-C or SIGTERM saves a checkpoint and stops cleanly.
-            with StopOnSignal(saved) as stop:
-                return train(cfg, teacher, test, out, device, state, stop, command)
+    if arch is None and teacher_checkpoint is None:  # the command line cannot rebuild it
+        command = f"train_zero_shot(..., out={str(out)!r}, resume=True) with the same teacher"
+    try:
+        with run_lock(out):
+            if not resume:
+                prepare_run_dir(out, overwrite=overwrite, hint=hint)
+            with tee(out / "log.txt"):  # the console, also in the run directory
+                state = open_run(cfg, teacher, test, out, resume, teacher_checkpoint, data_dir)
+                saved = "no checkpoint had been written yet"
+                if state:
+                    saved = f"the last checkpoint, {out / 'checkpoint.pt'} (iteration " \
+                            f"{state['iteration']}), stays"
+                # From here on a first Ctrl-C or SIGTERM saves a checkpoint and stops cleanly.
+                with StopOnSignal(saved) as stop:
+                    return train(cfg, teacher, test, out, device, state, stop, command)
+    finally:
+        if isinstance(teacher, zskt_models.WithAttention):
+            teacher.remove()  # the hooks come off the caller's classifier when the run ends
+
+
+def open_run(cfg, teacher, test, out, resume, teacher_checkpoint, data_dir):
+    """The checkpoint a resumed run continues from (None for a new run, or one that stopped
+    before its first checkpoint); config.json, written where it is missing."""
+    state = None
+    if resume and (out / "checkpoint.pt").is_file():
+        state = load_checkpoint(out / "checkpoint.pt")
+        check_same_config(cfg, state.get("config", {}), out)
+    elif resume:
+        print(f"{out} holds no checkpoint yet, so this run starts from iteration 0")
+    if not (out / "config.json").is_file():
+        source = teacher_checkpoint or save_teacher_copy(teacher, cfg, test, out)
+        write_json(out / "config.json", run_record(cfg, [cfg.seed], source, data_dir,
+                                                   test.images.shape[-1]))
+    return state
 
 
 def check_same_config(cfg, saved, out):
@@ -116,9 +132,9 @@ def save_teacher_copy(teacher, cfg, test, out):
     arch = zskt_models.infer_arch(network.state_dict())[0]
     if arch is None:
         return None
-    checkpoint = zskt_models.model_checkpoint(network, arch, cfg.dataset, test.mean, test.std,
-                                              test.images.shape[-1])
-    save_atomic(checkpoint, out / "teacher.pt")
+    saved = zskt_models.model_checkpoint(network, arch, cfg.dataset, test.mean, test.std,
+                                         test.images.shape[-1])
+    save_atomic(saved, out / "teacher.pt")
     return out / "teacher.pt"
 
 
@@ -159,10 +175,10 @@ def networks(cfg, teacher, test, device):
     """The frozen teacher, a new student and generator (seeded), and their optimizers. Where the
     two architectures' maps differ, both are wrapped to return the maps that pair (announced)."""
     channels_last = torch.channels_last  # ~1.3x faster convolutions, on CPUs too
-    classes = count_classes(teacher, test)
+    n_classes = count_classes(teacher, test)
     seed_everything(cfg.seed)
     teacher = teacher.to(device, memory_format=channels_last).eval().requires_grad_(False)
-    student = zskt_models.build(cfg.student, classes).to(device, memory_format=channels_last)
+    student = zskt_models.build(cfg.student, n_classes).to(device, memory_format=channels_last)
     generator = zskt.Generator(cfg.z_dim, test.images.shape[-1])
     generator = generator.to(device, memory_format=channels_last)  # train mode throughout
     opts = zskt.optimizers(student, generator, cfg)
@@ -198,12 +214,12 @@ def train(cfg, teacher, test, out, device, state, stop, command):
                             state.get("count", 0))
         last = {k: v.to(device) for k, v in state.get("last", {}).items()}
         set_rng_state(state["rng"])
-    run = [torch.compile(m) if cfg.compile else m for m in nets[:3]]  # the same parameters
+    looped = [torch.compile(m) if cfg.compile else m for m in nets[:3]]  # the same parameters
     log = RunLog(cfg, nets, test, out, start)
     final_stage = transition_seconds(nets.student, nets.teacher, test, cfg)
     t0 = time.time() - seconds
     bar = Progress(cfg.iterations, "Algorithm 1", initial=start, extra=final_stage)
-    for it, last in zskt.algorithm_1(*run, nets.opts, cfg, first=start + 1):
+    for it, last in zskt.algorithm_1(*looped, nets.opts, cfg, first=start + 1):
         interval.add(last)  # no wait for the device
         bar.update()
         log_now = it % cfg.log_every == 0 or it == cfg.iterations
@@ -403,11 +419,13 @@ def validate(cfg):
     if cfg.mte_targets not in ("label", "predicted"):
         raise ValueError(f"--mte-targets must be 'label' (the author's code) or 'predicted' (the "
                          f"paper's text), not {cfg.mte_targets!r}")
-    if cfg.seed not in SEEDS:
+    if not is_seed(cfg.seed):
         raise ValueError(f"--seed {cfg.seed}: seeds must be whole numbers from 0 to 2**32 - 1")
     zskt_models.build(cfg.teacher)  # unknown architectures are refused here
     zskt_models.build(cfg.student)
-    return cfg
+    # One spelling per network (wrn40_2 is wrn-40-2): file names and summaries agree.
+    return dataclasses.replace(cfg, teacher=zskt_models.canonical(cfg.teacher),
+                               student=zskt_models.canonical(cfg.student))
 
 
 def parse_args(argv):
@@ -598,8 +616,8 @@ def teacher_mean_std(meta, dataset, path):
     return zskt.MEAN_STD[dataset]
 
 
-def check_teacher(meta, dataset, image_size, path, allow):
-    """A network trained on other data is refused, naming both, unless allowed."""
+def check_network_file(meta, dataset, image_size, path, allow):
+    """A teacher or student file trained on other data is refused, naming both, unless allowed."""
     trained = [(k, meta[k]) for k, v in (("dataset", dataset), ("image_size", image_size))
                if meta.get(k) not in (None, v)]
     if trained and not allow:
@@ -621,7 +639,7 @@ def load_teacher(setup, given, allow_mismatch):
         raise UserError(f"{setup.teacher_path} holds a {found} with {n_classes} classes, but a "
                         f"network with {len(classes)} classes was expected ({cfg.dataset}); pass "
                         f"the matching file")
-    check_teacher(meta, cfg.dataset, images.shape[-1], setup.teacher_path, allow_mismatch)
+    check_network_file(meta, cfg.dataset, images.shape[-1], setup.teacher_path, allow_mismatch)
     cfg.teacher = found
     mean, std = teacher_mean_std(meta, cfg.dataset, setup.teacher_path)
     return teacher, zskt.TestSet(images, labels, classes, mean, std)
@@ -634,9 +652,6 @@ def main(argv=None):
         return curves_main(argv[1:])
     args, given = parse_args(argv)
     device = resolve_device(args.device)
-    full_fp32()
-    if device.startswith("cuda"):
-        torch.backends.cudnn.benchmark = True  # fastest kernels, at the price of bit-exact reruns
     if args.start_or_resume:  # a scheduler may run one command twice: it continues the first run
         args.resume = args.out is not None and (Path(args.out) / "config.json").is_file()
     if args.resume and args.overwrite:
@@ -670,13 +685,24 @@ def main(argv=None):
         with tee(out / "log.txt"):
             summaries = []
             for i, seed in enumerate(setup.seeds, 1):
-                print(f"== seed {seed} ({i} of {len(setup.seeds)}): {out / f'seed{seed}'}")
+                print(f"== seed {seed} ({i} of {len(setup.seeds)}): {out / f'seed{seed}'}"
+                      + seeds_left(summaries, len(setup.seeds) - i))
                 run_dir = out / f"seed{seed}"
                 summaries.append(run(seed, run_dir, run_dir.exists()))
             keys = ("teacher_test_acc", "student_test_acc", "student_teacher_ratio", "mte")
             write_json(out / "aggregate.json", {"seeds": setup.seeds, **{
                 k: over_seeds([s[k] for s in summaries]) for k in keys}})
             print_report(summaries, out)
+
+
+def seeds_left(summaries, left):
+    """What the progress bar's ETA, which is one seed's, leaves out: the seeds after this one."""
+    if not left:
+        return ""
+    took = [s["seconds"] for s in summaries if s.get("seconds")]
+    if not took:
+        return f"; the ETA below is this seed's, with {plural(left, 'more seed')} after it"
+    return f"; this seed and the {left} after it: about {format_time(np.mean(took) * (left + 1))}"
 
 
 def print_report(summaries, out):
@@ -785,12 +811,12 @@ def curves_main(argv):
                                                     meta.get("image_size") or 32)
     test = zskt.TestSet(images, labels, classes, *teacher_mean_std(meta, dataset,
                                                                      args.teacher_checkpoint))
-    check_teacher(meta, dataset, images.shape[-1], args.teacher_checkpoint, False)
+    check_network_file(meta, dataset, images.shape[-1], args.teacher_checkpoint, False)
     n_classes = zskt_models.infer_arch(teacher.state_dict())[1]
     students = []
     for path in args.student_checkpoint:
         student, s_meta = zskt_models.load_model(path, num_classes=n_classes)
-        check_teacher(s_meta, dataset, images.shape[-1], path, False)
+        check_network_file(s_meta, dataset, images.shape[-1], path, False)
         students.append(student.to(device))
     teacher = teacher.to(device)
     cfg = dataclasses.replace(zskt.Config(), mte_images=args.images, mte_steps=args.steps,

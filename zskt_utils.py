@@ -8,6 +8,7 @@ import contextlib
 import csv
 import json
 import math
+import numbers
 import os
 import platform
 import random
@@ -182,11 +183,13 @@ def load_checkpoint(path):
 # ----------------------------------------------------------------------------------------------
 # Reproducibility: every random state a resumed run needs.
 
-SEEDS = range(2 ** 32)  # what numpy accepts, and so what every script accepts
+def is_seed(seed):
+    """What numpy accepts as a seed, and so what every script accepts: 0 to 2**32 - 1."""
+    return isinstance(seed, numbers.Integral) and not isinstance(seed, bool) and 0 <= seed < 2 ** 32
 
 
 def check_seed(seed, flag="--seed"):
-    if seed not in SEEDS:
+    if not is_seed(seed):
         raise UserError(f"{flag} {seed}: seeds must be whole numbers from 0 to 2**32 - 1")
 
 

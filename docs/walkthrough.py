@@ -5,7 +5,7 @@
 # Matching* (NeurIPS 2019, arXiv 1905.09768 v3), with the functions of `zskt.py`, on the built-in
 # `shapes` data. Open it in an editor that knows `# %%` cells (VS Code, PyCharm, Spyder, Jupytext)
 # and run it cell by cell, or run it whole from the repository's folder:
-# `python docs/walkthrough.py` (5 minutes on a 2-core CPU). Figures go to
+# `python docs/walkthrough.py` (about 5 minutes on a 2-core CPU, 2 threads). Figures go to
 # `runs/walkthrough/`; in a notebook they also appear below their cell.
 
 # %%
@@ -34,7 +34,7 @@ device = resolve_device("auto")  # CUDA when there is one, else the CPU
 # ## 1. A teacher, trained on data we will then pretend to have lost
 #
 # Section 4.1: the teachers are WideResNets trained the usual way. `train_teacher.py` trains the
-# demo's WRN-16-1 in about 30 s; `python train_teacher.py` saves it where `zskt.py` looks for it,
+# demo's WRN-16-1 in about 35 s on a 2-core CPU; `python train_teacher.py` saves it where `zskt.py` looks for it,
 # and `zskt_models.load_model` reads it (or one of the author's published checkpoints). The test
 # split only measures: a `zskt.TestSet` holds its images, labels, class names and the teacher's
 # normalisation.

@@ -161,6 +161,9 @@ def test_missing_teacher_names_the_command_that_creates_it(tmp_path, capsys, mon
     code, err = run_main(["--out", str(tmp_path / "run")], capsys)
     train = f"{sys.executable} {HERE / 'train_teacher.py'} --dataset shapes --arch wrn-16-1"
     assert code == 2 and train in err
+    # The literature's spelling of a WideResNet names the file train_teacher.py writes.
+    code, err = run_main(["--teacher", "wrn16_2", "--out", str(tmp_path / "run")], capsys)
+    assert code == 2 and "shapes-wrn-16-2.pt" in err and train[:-1] + "2" in err, err
 
 
 def test_missing_dataset_says_where_to_put_it(tmp_path, teacher_file, capsys):

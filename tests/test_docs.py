@@ -302,3 +302,10 @@ def test_the_gpu_benchmark_script_runs(tmp_path, monkeypatch):
     for part in ("author's loop, fp32", "ours, bf16 autocast", "## Phases", "## Transition curves",
                  "## Teacher data path", "## The shapes demo"):
         assert part in md, part
+
+
+@pytest.mark.parametrize("pairs,message", [("wrn-40-2:foo", "unknown architecture 'foo'"),
+                                           ("wrn-40-2", "give TEACHER:STUDENT")])
+def test_the_benchmark_refuses_bad_pairs_in_one_sentence(pairs, message):
+    with pytest.raises(zskt_utils.UserError, match=message):
+        benchmark.main(["zskt", "--pairs", pairs])

@@ -13,7 +13,7 @@ import train_teacher as tt
 import zskt
 import zskt_models
 import zskt_run
-from helpers import TINY, run_main, tiny_config
+from helpers import TINY, interrupt_at, run_main, stopped_command, tiny_config
 from zskt_utils import UserError
 
 LAYOUTS = json.loads((Path(__file__).parent / "data" / "published_layouts.json").read_text())
@@ -150,7 +150,8 @@ def logits_only_classifier():
     return net
 
 
-def test_any_teacher_from_python_with_hooks_or_without_attention(tmp_path, shapes_test):
+def test_any_teacher_from_python_with_hooks_or_without_attention(tmp_path, shapes_test,
+                                                                  monkeypatch):
     teacher = logits_only_classifier()
     cfg = tiny_config(iterations=2, student="resnet18", mte_images=2)
     trained = zskt_run.train_zero_shot(cfg, teacher, shapes_test, tmp_path / "hooks",
@@ -167,6 +168,16 @@ def test_any_teacher_from_python_with_hooks_or_without_attention(tmp_path, shape
     code_hint = "resume it from Python with resume=True"
     with pytest.raises(UserError, match=code_hint):
         zskt_run.main(["--out", str(tmp_path / "beta0"), "--resume"])
+    # Stopped, such a run names the call that continues it, not a command that would be refused.
+    interrupt_at(monkeypatch, zskt, "zero_shot_iteration", 1)
+    cfg = tiny_config(iterations=2, beta=0.0, mte_images=2)
+    printed = stopped_command(lambda: zskt_run.train_zero_shot(cfg, teacher, shapes_test,
+                                                               tmp_path / "stopped"))
+    assert printed == f"train_zero_shot(..., out={str(tmp_path / 'stopped')!r}, resume=True) " \
+                      f"with the same teacher"
+    monkeypatch.undo()
+    zskt_run.train_zero_shot(cfg, teacher, shapes_test, tmp_path / "stopped", resume=True)
+    assert (tmp_path / "stopped" / "summary.json").is_file()
 
 
 def test_a_resnet_teacher_distils_into_a_wide_resnet_from_the_command_line(tmp_path, capsys,
@@ -257,6 +268,12 @@ def test_cifar100_from_a_copy_on_disk_runs_end_to_end(tmp_path, monkeypatch, cap
                    str(tmp_path / "c")])
     with np.load(tmp_path / "c" / "student" / "curves.npz") as f:
         assert f["p_stepped"].shape[1] == 99  # C - 1 targets
+    # KD+AT from a published file: the dataset comes from its name, as in zskt.py.
+    published_file(tmp_path / "cifar100_wrn16_1.pth", "wrn-16-1", num_classes=100)
+    tt.main(["--data-dir", str(tmp_path / "data"), "--arch", "wrn-10-1", "--batch-size", "32",
+             "--max-steps", "1", "--epochs", "1", "--samples-per-class", "1", "--distill-from",
+             str(tmp_path / "cifar100_wrn16_1.pth"), "--out", str(tmp_path / "kd")])
+    assert zskt_models.load_model(tmp_path / "kd" / "model.pt")[1]["dataset"] == "cifar100"
     assert "(default for cifar100: 80000)" in " ".join(
         __import__("helpers").help_text("zskt.py", ["--dataset", "cifar100"], monkeypatch).split())
 

@@ -146,7 +146,11 @@ def test_seeds_run_one_after_another_and_really_differ(tmp_path, teacher_file, c
     assert (w0["seed"], w1["seed"]) == (0, 1)
     assert not torch.equal(w0["state_dict"]["conv1.weight"], w1["state_dict"]["conv1.weight"])
     out = capsys.readouterr().out
-    assert "== seed 0 (1 of 2)" in out and "== seed 1 (2 of 2)" in out
+    assert "== seed 0 (1 of 2): " + str(tmp_path / "runs" / "seed0") + \
+        "; the ETA below is this seed's, with 1 more seed after it" in out
+    assert f"== seed 1 (2 of 2): {tmp_path / 'runs' / 'seed1'}\n" in out
+    assert zskt_run.seeds_left([{"seconds": 50}, {"seconds": 70}], 2) == \
+        "; this seed and the 2 after it: about 3m00s"
 
 
 def test_an_interrupted_seeds_run_resumes_with_the_printed_command(tmp_path, teacher_file,
@@ -406,11 +410,14 @@ def test_label_targets_are_the_default_of_a_run(tmp_path, teacher_file, monkeypa
     assert seen[0] is not None and seen[1] is None
 
 
-def test_the_default_path_is_real_fp32(tmp_path, teacher_file, small_shapes, monkeypatch):
-    """cuDNN would run fp32 convolutions in TF32 on recent GPUs: every script turns that off.
-    (Checked on the flags, which exist on a CPU machine too.)"""
+def test_the_default_path_is_real_fp32(tmp_path, teacher_file, small_shapes, shapes_test):
+    """cuDNN would run fp32 convolutions in TF32 on recent GPUs: every script, and a run started
+    from Python, turns that off. (Checked on the flags, which exist on a CPU machine too.)"""
+    def from_python(out):
+        tiny_run(dict(iterations=1), shapes_test, tmp_path / out)
     for main, flags in ((zskt_run.main, ["--teacher-checkpoint", str(teacher_file), "--iterations",
                                          "1", "--out", str(tmp_path / "z"), *TINY]),
+                        (from_python, "api"),
                         (tt.main, [*TT_TINY, "--epochs", "1", "--out", str(tmp_path / "t")]),
                         (zskt_run.main, ["curves", "--teacher-checkpoint", str(teacher_file),
                                          "--student-checkpoint", str(teacher_file), "--images",

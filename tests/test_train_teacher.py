@@ -320,10 +320,10 @@ def test_cli_error_exit_status(tmp_path):
 
 
 def test_train_teacher_prints_its_real_schedule(small_shapes, tmp_path, capsys, monkeypatch):
-    lrs, train = [], tt.train
-    monkeypatch.setattr(tt, "train", lambda model, teacher, optimizer, *a:
+    lrs, train_epoch = [], tt.train_epoch
+    monkeypatch.setattr(tt, "train_epoch", lambda model, teacher, optimizer, *a:
                         lrs.append(optimizer.param_groups[0]["lr"]) or
-                        train(model, teacher, optimizer, *a))
+                        train_epoch(model, teacher, optimizer, *a))
     tt.main([*TT_TINY, "--epochs", "4", "--batch-size", "5000", "--out", str(tmp_path / "r")])
     # 4 epochs: milestones 1, 2, 3, each taking effect one epoch late: drops after epochs 2 and 3.
     assert "batch 800, lr 0.1 (x0.2 after epochs 2, 3)" in capsys.readouterr().out
