@@ -34,10 +34,10 @@ device = resolve_device("auto")  # CUDA when there is one, else the CPU
 # ## 1. A teacher, trained on data we will then pretend to have lost
 #
 # Section 4.1: the teachers are WideResNets trained the usual way. `train_teacher.py` trains the
-# demo's WRN-16-1 in about 35 s on a 2-core CPU; `python train_teacher.py` saves it where `zskt.py` looks for it,
-# and `zskt_models.load_model` reads it (or one of the author's published checkpoints). The test
-# split only measures: a `zskt.TestSet` holds its images, labels, class names and the teacher's
-# normalisation.
+# demo's WRN-16-1 in about 35 s on a 2-core CPU; `python train_teacher.py` saves it where `zskt.py`
+# looks for it, and `zskt_models.load_model` reads it (or one of the author's published
+# checkpoints). The test split only measures: a `zskt.TestSet` holds its images, labels, class names
+# and the teacher's normalisation.
 
 # %%
 teacher_file = Path("checkpoints/shapes-wrn-16-1.pt")
