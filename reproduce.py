@@ -17,6 +17,7 @@ scheduler instead (SLURM, GNU parallel, a cloud queue).
 import argparse
 import dataclasses
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -207,22 +208,34 @@ def order(runs):
     return out
 
 
+def run_dir(run, results):
+    return Path(results).resolve() / "runs" / run.name
+
+
 def argv(run, results, data_dir):
-    """(script, arguments) of a run's command. Run twice, it continues the first: train_teacher.py
-    and zskt.py resume their run (--start-or-resume), the transition curves start again."""
-    out, res = Path(results).resolve() / "runs" / run.name, str(Path(results).resolve())
+    """(script, arguments) of a run's command. Run again, it continues the run: train_teacher.py
+    and zskt.py resume it (--start-or-resume, and a finished one is left as it is); `zskt.py
+    curves` starts an interrupted --out again by itself, and run_command skips a finished one."""
+    res = str(Path(results).resolve())
     script, *sub = run.script.split()
-    again = "--overwrite" if run.script == "zskt.py curves" else "--start-or-resume"
+    again = [] if run.script == "zskt.py curves" else ["--start-or-resume"]
     args = [a.replace("{results}", res) for a in run.args]
-    return script, [*sub, *args, "--data-dir", str(Path(data_dir).resolve()), "--out", str(out),
-                    again]
+    return script, [*sub, *args, "--data-dir", str(Path(data_dir).resolve()), "--out",
+                    str(run_dir(run, results)), *again]
 
 
 def run_command(run, results, data_dir):
     """The shell command of a run: this interpreter and absolute paths, so that it works from
-    any directory and any shell."""
+    any directory and any POSIX shell. Run twice, it does no work twice: a curves run whose
+    result file exists is skipped by a test in the line itself (`zskt.py curves` refuses a
+    finished --out), as the other scripts skip their finished runs."""
     script, args = argv(run, results, data_dir)
-    return shell_command(script, *args)
+    command = shell_command(script, *args)
+    if run.script != "zskt.py curves":
+        return command
+    folder = run_dir(run, results)
+    done, name = shlex.quote(str(folder / run.done_file())), shlex.quote(str(folder))
+    return f"if [ -f {done} ]; then echo {name} finished earlier; else {command}; fi"
 
 
 def stages(runs):

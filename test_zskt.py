@@ -364,6 +364,79 @@ def test_algorithm_1_runs_its_iterations_with_both_cosine_schedules():
     assert [it for it, _ in rest] == [3, 4]
 
 
+def hand_adam(p, grads, lr, betas=(0.9, 0.999), eps=1e-8):
+    """Adam (Kingma & Ba 2015, Algorithm 1) written out: the bias-corrected moments, no weight
+    decay, no AMSGrad."""
+    m = v = 0.0
+    for t, g in enumerate(grads, 1):
+        m = betas[0] * m + (1 - betas[0]) * g
+        v = betas[1] * v + (1 - betas[1]) * g * g
+        p = p - lr * (m / (1 - betas[0] ** t)) / (np.sqrt(v / (1 - betas[1] ** t)) + eps)
+    return p
+
+
+def test_both_adams_have_the_author_hyperparameters():
+    """The author's solver.py builds both optimisers as optim.Adam(params, lr): betas (0.9, 0.999),
+    eps 1e-8, no weight decay, each with its own learning rate. Two steps of each, in float64,
+    against Adam written out: other betas (the GAN habit of 0.5), eps or a weight decay would move
+    the weights elsewhere. Gradients span 1e-9..1, so that eps matters for some weights."""
+    cfg = zskt.Config(lr_student=3e-3, lr_generator=7e-4)  # unequal: a swap shows
+    torch.manual_seed(0)
+    student, generator = zskt.wrn("wrn-10-1").double(), zskt.Generator(16, 16).double()
+    opts = zskt.optimizers(student, generator, cfg)
+    for opt, net, lr in ((opts.student, student, cfg.lr_student),
+                         (opts.generator, generator, cfg.lr_generator)):
+        assert isinstance(opt, torch.optim.Adam) and len(opt.param_groups) == 1
+        group = opt.param_groups[0]
+        assert (group["lr"], group["betas"], group["eps"], group["weight_decay"],
+                group["amsgrad"], group["maximize"]) == (lr, (0.9, 0.999), 1e-8, 0, False, False)
+        assert sum(len(g["params"]) for g in opt.param_groups) == len(list(net.parameters()))
+        g = torch.Generator().manual_seed(1)
+        before = [p.detach().numpy().copy() for p in net.parameters()]
+        grads = [[torch.randn(p.shape, generator=g, dtype=torch.float64)
+                  * 10.0 ** -torch.randint(0, 10, p.shape, generator=g) for p in net.parameters()]
+                 for _ in range(2)]
+        for step in grads:
+            for p, grad in zip(net.parameters(), step):
+                p.grad = grad.clone()
+            opt.step()
+        for p, p0, g1, g2 in zip(net.parameters(), before, *grads):
+            expected = hand_adam(p0, [g1.numpy(), g2.numpy()], lr)
+            assert np.allclose(p.detach().numpy(), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("T", [3.0, 0.5])
+def test_both_steps_of_an_iteration_use_the_temperature(T):
+    """At T != 1 the generator's loss (n_g = 1) and the student's (n_s = 1) that an iteration
+    returns equal the hand computations at that T on the same pseudo batch: the two players of
+    Eq. 1 see one KL."""
+    t, s, g, opt_s, opt_g, cfg = tiny_setup(n_g=1, n_s=0, temperature=T)
+    g0, s0 = copy.deepcopy(g), copy.deepcopy(s)  # the networks before the generator's step
+    torch.manual_seed(5)
+    z = torch.randn(cfg.batch_size, cfg.z_dim)
+    with torch.no_grad():
+        x = g0(z)
+        S, Tt = s0(x)[0].double().numpy(), t(x)[0].double().numpy()
+    torch.manual_seed(5)
+    out = zskt.zero_shot_iteration(t, s, g, opt_s, opt_g, cfg)
+    assert out["loss_generator"].item() == pytest.approx(-np_kl(S, Tt, T), rel=1e-5)
+    assert np_kl(S, Tt, T) != pytest.approx(np_kl(S, Tt, 1), rel=1e-2)  # T changes the number
+
+    t, s, g, opt_s, opt_g, cfg = tiny_setup(n_g=0, n_s=1, temperature=T, beta=30.0)
+    g0, s0 = copy.deepcopy(g), copy.deepcopy(s)
+    torch.manual_seed(5)
+    z = torch.randn(cfg.batch_size, cfg.z_dim)
+    with torch.no_grad():
+        x = g0(z)
+        (s_logits, s_acts), (t_logits, t_acts) = s0(x), t(x)
+    S, Tt = s_logits.double().numpy(), t_logits.double().numpy()
+    SA, TA = ([a.double().numpy() for a in acts] for acts in (s_acts, t_acts))
+    torch.manual_seed(5)
+    out = zskt.zero_shot_iteration(t, s, g, opt_s, opt_g, cfg)
+    assert out["loss_student"].item() == pytest.approx(np_kl(S, Tt, T) + 30.0 * np_at(SA, TA),
+                                                       rel=1e-5)
+
+
 def test_algorithm_1_runs_in_the_batchnorm_modes_of_the_author(monkeypatch):
     """Handed over in the wrong modes, the teacher runs in eval mode (its running statistics) and
     the student and the generator in train mode (the pseudo batches' statistics)."""

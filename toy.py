@@ -29,7 +29,8 @@ import torch.nn as nn
 
 import zskt
 from zskt_plots import pyplot
-from zskt_utils import Progress, UserError, check_seed, resolve_device, run_cli, seed_everything
+from zskt_utils import (Progress, UserError, check_seed, plural, resolve_device, run_cli,
+                        seed_everything)
 
 COLORS = ("red", "green", "blue")  # class c is drawn in COLORS[c], its probability in that channel
 
@@ -170,9 +171,9 @@ def boundaries(ax, probs, n):
 
 
 def plot(path, teacher_probs, student_probs, n, trajectory, x_test, y_test, titles, gif_path=None,
-         snapshots=()):
+         snapshots=(), heading=""):
     """Figure 1: teacher and student decision regions side by side, with the pseudo points'
-    trajectories."""
+    trajectories, under `heading` (figure_title: the settings)."""
     plt = pyplot()
     x_test, y_test, traj = x_test.cpu(), y_test.cpu(), trajectory.numpy()
     fig, axes = plt.subplots(1, 2, figsize=(11, 5.6), constrained_layout=True)
@@ -183,8 +184,7 @@ def plot(path, teacher_probs, student_probs, n, trajectory, x_test, y_test, titl
         lines.append(ax.plot(traj[:, :, 0], traj[:, :, 1], color="k", lw=0.5, alpha=0.3, zorder=4))
         heads.append(ax.scatter(*traj[-1].T, marker="P", s=70, facecolor="yellow", edgecolor="k",
                                 lw=1, zorder=5))
-    fig.suptitle(f"Zero-shot transfer on a 2-D toy problem: {traj.shape[1]} pseudo points over "
-                 f"{len(traj) - 1} epochs (grey: start, yellow: last position)")
+    fig.suptitle(f"{heading}\npseudo points: grey where they started, yellow where they ended")
     fig.savefig(path, dpi=110)
     if gif_path and snapshots:
         from matplotlib.animation import PillowWriter
@@ -207,6 +207,20 @@ def plot(path, teacher_probs, student_probs, n, trajectory, x_test, y_test, titl
                 frame(i)
                 writer.grab_frame()
     plt.close(fig)
+
+
+def figure_title(args):
+    """toy.png's title: the points, epochs, n_G and n_S, and any other setting that changes the
+    result (seed, teacher epochs) where it is not the default: figures of different settings
+    differ in their titles."""
+    default = parse_args([])
+    words = [plural(args.points, "pseudo point"), plural(args.epochs, "epoch"),
+             f"n_G = {args.n_g}", f"n_S = {args.n_s}"]
+    if args.seed != default.seed:
+        words.append(f"seed {args.seed}")
+    if args.teacher_epochs != default.teacher_epochs:
+        words.append(f"teacher trained {plural(args.teacher_epochs, 'epoch')}")
+    return "Zero-shot transfer on a 2-D toy problem: " + ", ".join(words)
 
 
 def parse_args(argv):
@@ -271,7 +285,8 @@ def main(argv=None):
     n = 200  # grid resolution of the PNG's decision regions
     grid = make_grid(n, device)
     plot(out / "toy.png", probabilities(teacher, grid), probabilities(student, grid), n, trajectory,
-         x_test, y_test, titles, out / "toy.gif" if args.gif else None, snapshots)
+         x_test, y_test, titles, out / "toy.gif" if args.gif else None, snapshots,
+         figure_title(args))
     result["seconds"], result["threads"] = round(time.time() - start, 1), torch.get_num_threads()
     (out / "toy.json").write_text(json.dumps(result, indent=2) + "\n")
     gif = ", toy.gif" if args.gif else ""

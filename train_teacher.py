@@ -29,7 +29,7 @@ import zskt
 import zskt_models
 import zskt_run
 from zskt_utils import (Progress, Stopped, StopOnSignal, UserError, check_seed, device_name,
-                        full_fp32, load_checkpoint, plural, prepare_run_dir, resolve_device,
+                        full_fp32, listed, load_checkpoint, plural, prepare_run_dir, resolve_device,
                         rng_state, run_cli, run_lock, save_atomic, seed_everything, set_rng_state,
                         shell_command, tee, user_input, write_json)
 
@@ -360,11 +360,22 @@ def networks_given(args, classes):
             raise UserError(f"{args.distill_from} holds a teacher for {dataset} with "
                             f"{plural(n, 'class', 'classes')}, not for "
                             f"{args.dataset} with {len(classes)} classes")
+        check_classes(args.distill_from, meta, classes)
         return teacher, {"meta": meta}
     if args.finetune_from:
         init, meta = zskt_models.load_model(args.finetune_from, args.arch, len(classes))
+        check_classes(args.finetune_from, meta, classes)
         return None, {"meta": meta, "init": init}
     return None, {}
+
+
+def check_classes(path, meta, classes):
+    """Refuses a network file that names other classes than the data's: two image folders can
+    have the same number of classes. Files that name none (the author's, the literature's) pass."""
+    stored = meta.get("classes")
+    if stored is not None and list(stored) != list(classes):
+        raise UserError(f"{path} was trained on the classes {listed(stored)}, but the data has "
+                        f"{listed(classes)}; pass the data it was trained on, or another file")
 
 
 def set_normalisation(args, meta, train_x):
@@ -480,14 +491,15 @@ def epoch_note(epoch, epochs, sums, test_acc, lr):
 
 
 def save_model(args, model, test, test_acc, epochs, seconds, device):
-    """model.pt (and the teacher copy) in the author's format plus metadata, and summary.json."""
+    """model.pt (and the teacher copy) in the author's format plus metadata (the class names
+    among them, so that a file is not used on other classes), and summary.json."""
     extra = ({"teacher": str(args.distill_from)} if args.distill_from
              else {"finetuned_from": args.finetune_from} if args.finetune_from else {})
     model = model.to("cpu", memory_format=torch.contiguous_format)
     final = zskt_models.model_checkpoint(model, args.arch, args.dataset, args.mean, args.std,
                                          test.images.shape[-1], epoch=epochs, test_acc=test_acc,
                                          seed=args.seed, samples_per_class=args.samples_per_class,
-                                         **extra)
+                                         classes=[str(c) for c in test.classes], **extra)
     for path in filter(None, [Path(args.out) / "model.pt",
                               args.teacher_copy and Path(args.teacher_copy)]):
         try:

@@ -69,9 +69,17 @@ def load_dataset(name, split, data_dir="./data", image_size=32):
         raise ImportError(f"loading {name} needs the {e.name} package: pip install "
                           f"{e.name}") from None
     except (OSError, RuntimeError, ValueError) as e:
+        where = WHERE[name].format(split=split)
+        bad = corrupt_files(name, Path(data_dir).resolve())
+        if bad:  # torchvision says only "not found or corrupted", then fails to download
+            it = "it" if len(bad) == 1 else "them"
+            raise ValueError(f"{', '.join(map(str, bad))} failed torchvision's checksum (corrupt "
+                             f"or incomplete) and could not be downloaded again ({e}); delete "
+                             f"{it} and run again to download {it}, or put a fresh {where} "
+                             f"there") from None
         raise FileNotFoundError(f"{name} is not in {Path(data_dir).resolve()} and could not be "
-                                f"downloaded ({e}); put {WHERE[name].format(split=split)} into "
-                                f"that folder, or pass --data-dir") from None
+                                f"downloaded ({e}); put {where} into that folder, or pass "
+                                f"--data-dir") from None
 
 
 def load_torchvision(name, split, root):
@@ -91,9 +99,25 @@ def load_torchvision(name, split, root):
     return images, torch.tensor(ds.targets), tuple(ds.classes)
 
 
+def corrupt_files(name, root):
+    """The files of a torchvision dataset that are in `root` but fail torchvision's checksum."""
+    import torchvision
+    from torchvision.datasets.utils import check_integrity
+    if name == "svhn":
+        expected = [(f, md5) for _, f, md5 in torchvision.datasets.SVHN.split_list.values()]
+    else:  # the archive, and the files extracted from it
+        cls = getattr(torchvision.datasets, name.upper())
+        inside = cls.train_list + cls.test_list + [[cls.meta["filename"], cls.meta["md5"]]]
+        expected = [(cls.filename, cls.tgz_md5), *((f"{cls.base_folder}/{f}", md5)
+                                                   for f, md5 in inside)]
+    return [root / f for f, md5 in expected
+            if (root / f).is_file() and not check_integrity(str(root / f), md5)]
+
+
 def load_folder(root, split, size=32):
     """ROOT/{train,test}/<class>/* as size x size RGB (bilinear, aspect ratio not kept). The
-    classes are the train folder's subfolders, each of which must hold images in both splits."""
+    classes are the train folder's subfolders, at least two, each of which must hold images in
+    both splits; a test folder of another name would count for no class, so it is refused."""
     from PIL import Image
     from torchvision.datasets.folder import IMG_EXTENSIONS
     from torchvision.transforms.functional import pil_to_tensor
@@ -102,6 +126,15 @@ def load_folder(root, split, size=32):
     if not (root / split).is_dir() or not classes:
         raise FileNotFoundError(f"--dataset folder needs images in {root / split}/<class>/*; pass "
                                 f"--data-dir pointing at a folder with train/ and test/ inside")
+    if len(classes) < 2:  # one output: a loss of 0 and an accuracy of 100 %, whatever is learnt
+        raise ValueError(f"--dataset folder needs at least two classes, but {names} holds one "
+                         f"class folder, {classes[0]}; add a folder of images for each other "
+                         f"class")
+    extra = sorted(d.name for d in (root / split).iterdir() if d.is_dir() and d.name not in classes)
+    if extra:
+        raise ValueError(f"{', '.join(str(root / split / e) for e in extra)}: no class folder of "
+                         f"that name in {names}, so the networks have no output for its images; "
+                         f"add the class to {names} or remove the folder from {root / split}")
     images, labels = [], []
     for label, name in enumerate(classes):
         files = sorted(f for f in (root / split / name).glob("*")
@@ -311,6 +344,8 @@ class Config:
     # How the run computes and what it keeps: not the paper's.
     amp: bool = setting(False, "bf16 autocast for the networks' forward passes, losses in fp32")
     compile: bool = setting(False, "torch.compile the three networks (pays off in long runs)")
+    cuda_graph: bool = setting(False, "replay each outer iteration as one CUDA graph "
+                                      "(zskt_graph.py): the same maths, one launch; CUDA only")
     tensorboard: bool = setting(False, "also log to RUN_DIR/tensorboard (needs the optional "
                                        "tensorboard package)")
     log_every: int = setting(1_000, "iterations between test evaluations, metrics.csv rows and "

@@ -32,14 +32,15 @@ def save_or_return(fig, path):
 
 def plot_transition_curves(panels, path=None):
     """Figure 4: per panel (title, p_stepped, p_observed), the mean curves of both networks with
-    +-2 standard-error bands."""
+    +-2 standard-error bands. One legend below the panels: inside, any corner hides a curve (a
+    KD+AT student's curve climbs through the upper left, its teacher's lies along the bottom)."""
     try:
         plt = pyplot()
     except ImportError:
         print("matplotlib is not installed, so no transition-curve plot (pip install matplotlib)")
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), dpi=100,
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.5), dpi=100,
+                             squeeze=False, layout="constrained")
     for ax, (title, p_stepped, p_observed) in zip(axes[0], panels):
         for p, name in ((p_stepped, "stepped"), (p_observed, "observed (teacher)")):
             p = torch.as_tensor(p).flatten(0, 1)  # (N * (C-1), steps)
@@ -49,8 +50,7 @@ def plot_transition_curves(panels, path=None):
         mte = zskt.mean_transition_error(p_stepped, p_observed)
         ax.set(xlabel="step k", ylabel="p_j of target class j", ylim=(0, 1),
                title=f"{title}: MTE = {mte:.3f}")
-        ax.legend(loc="upper left")
-    fig.tight_layout()
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncol=2)
     return save_or_return(fig, path)
 
 
@@ -77,38 +77,52 @@ def plot_training(rows, path=None):
     return save_or_return(fig, path)
 
 
-def plot_samples(images, classes, confidences, names, path=None, columns=8):
+def plot_samples(images, classes, confidences, names, path=None, columns=8, title=None):
     """A grid of pseudo images (N, 3, H, W in [0, 1]), each labelled with the class the teacher
-    sees in it and the teacher's confidence: what the generator is "drawing"."""
+    sees in it and the teacher's confidence: what the generator is "drawing". `title`, when
+    given, goes in a band above the grid."""
     import torchvision
     plt = pyplot()
     (h, w), pad = images.shape[-2:], 2
     grid = torchvision.utils.make_grid(images.cpu(), nrow=columns, padding=pad, pad_value=1.0)
     rows = math.ceil(len(images) / columns)
-    fig = plt.figure(figsize=(columns * 1.1, rows * 1.1), dpi=110)
-    ax = fig.add_axes((0, 0, 1, 1))
+    width, height, band = columns * 1.1, rows * 1.1, 0.3 if title else 0.0  # inches
+    fig = plt.figure(figsize=(width, height + band), dpi=110)
+    ax = fig.add_axes((0, 0, 1, height / (height + band)))
     ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
     ax.axis("off")
     for i, (c, p) in enumerate(zip(classes, confidences)):
         ax.text(pad + i % columns * (w + pad), pad + i // columns * (h + pad),
                 f"{names[int(c)]} {float(p):.2f}", fontsize=6.5, va="top", ha="left",
                 color="white", bbox=dict(facecolor="black", alpha=.6, pad=1, lw=0))
+    if title:
+        fig.text(0.5, 1 - band / 2 / (height + band), title, ha="center", va="center",
+                 fontsize=9)
     return save_or_return(fig, path)
 
 
 @torch.no_grad()
 def labelled_samples(generator, teacher, z, mean, std):
-    """Pseudo images G(z) in [0, 1], the teacher's class for each, and its confidence."""
-    x = generator(z)  # batch statistics, as in training; the running statistics are never used
+    """Pseudo images G(z) in [0, 1], the teacher's class for each, and its confidence. The
+    generator runs in train mode whatever mode it is in (and is put back in its own afterwards):
+    its BatchNorm layers then use the batch's statistics, as when it makes the images the student
+    trains on (Algorithm 1). The author's grids (LearnableLoader.samples, polo5/
+    ZeroShotKnowledgeTransfer) are drawn in eval mode, from running statistics that no training
+    step uses."""
+    training = generator.training
+    try:
+        x = generator.train()(z)
+    finally:
+        generator.train(training)
     p = teacher(x)[0].float().softmax(1)
     return zskt.denormalize(x, mean, std), p.argmax(1), p.amax(1)
 
 
-def save_samples(generator, teacher, z, test, path):
+def save_samples(generator, teacher, z, test, path, title=None):
     """samples_<iteration>.png: the pseudo images of a fixed z, labelled with the teacher's class
-    and confidence. Returns the images."""
+    and confidence, under an optional title. Returns the images."""
     images, classes, confidence = labelled_samples(generator, teacher, z, test.mean, test.std)
-    plot_samples(images, classes, confidence, test.classes, path)
+    plot_samples(images, classes, confidence, test.classes, path, title=title)
     return images
 
 

@@ -13,6 +13,7 @@ import json
 import math
 import re
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -23,12 +24,13 @@ import torch
 import torch.nn.functional as F
 
 import zskt
+import zskt_graph
 import zskt_models
 import zskt_plots
-from zskt_utils import (Progress, Stopped, StopOnSignal, UserError, check_seed, device_name,
-                        format_time, full_fp32, is_seed, load_checkpoint, over_seeds, plural,
-                        prepare_run_dir, resolve_device, rng_state, run_cli, run_lock,
-                        save_atomic, seed_everything, set_rng_state, shell_command, tee,
+from zskt_utils import (Progress, Stopped, StopOnSignal, UserError, check_run_dir, check_seed,
+                        device_name, format_time, full_fp32, is_seed, listed, load_checkpoint,
+                        over_seeds, plural, prepare_run_dir, resolve_device, rng_state, run_cli,
+                        run_lock, save_atomic, seed_everything, set_rng_state, shell_command, tee,
                         user_input, write_csv, write_json)
 
 API_HINT = "pass resume=True to continue that run, overwrite=True to replace them, or another out"
@@ -63,6 +65,10 @@ def train_zero_shot(cfg, teacher, test, out, device=None, resume=False, overwrit
     with user_input():
         cfg = validate(cfg)
         teacher = as_teacher(teacher, attention_layers, test)
+        outputs = count_classes(teacher, test)
+        if outputs < 2:
+            raise ValueError(two_classes(f"the teacher ({type(teacher).__name__})", outputs))
+    cfg = graph_on(cfg, device, resume, out)
     network = zskt_models.unwrap(teacher)  # its name, for the logs and the summary
     arch = zskt_models.infer_arch(network.state_dict())[0]
     cfg = dataclasses.replace(cfg, teacher=arch or type(network).__name__)
@@ -98,15 +104,28 @@ def open_run(cfg, teacher, test, out, resume, teacher_checkpoint, data_dir):
         print(f"{out} holds no checkpoint yet, so this run starts from iteration 0")
     if not (out / "config.json").is_file():
         source = teacher_checkpoint or save_teacher_copy(teacher, cfg, test, out)
-        write_json(out / "config.json", run_record(cfg, [cfg.seed], source, data_dir,
-                                                   test.images.shape[-1]))
+        write_json(out / "config.json", run_record(cfg, [cfg.seed], source, data_dir, test))
     return state
 
 
+def graph_on(cfg, device, resume, out):
+    """cfg.cuda_graph needs CUDA: a new run elsewhere is refused; a resumed one continues
+    without it (its checkpoints are the same files either way)."""
+    if cfg.cuda_graph and resume and not device.startswith("cuda"):
+        print(f"{out} was run with --cuda-graph, which needs CUDA: it continues on {device} "
+              f"without it (the same maths)")
+        return dataclasses.replace(cfg, cuda_graph=False)
+    if cfg.cuda_graph:
+        zskt_graph.require_cuda(device, hint="drop --cuda-graph (cuda_graph=False), or run on "
+                                              "a machine with a GPU")
+    return cfg
+
+
 def check_same_config(cfg, saved, out):
-    """A run resumes with the settings it started with (its schedules were built for them)."""
+    """A run resumes with the settings it started with (its schedules were built for them);
+    cuda_graph changes how an iteration is launched, not what it computes."""
     diff = [f"{k}={saved[k]!r} (saved) vs {v!r} (given)" for k, v in dataclasses.asdict(cfg).items()
-            if k in saved and k != "teacher" and saved[k] != v]
+            if k in saved and k not in ("teacher", "cuda_graph") and saved[k] != v]
     if diff:
         raise UserError(f"resume: the config contradicts the run in {out}: {'; '.join(diff)}; "
                         f"pass the run's own config, or start a new out")
@@ -133,7 +152,7 @@ def save_teacher_copy(teacher, cfg, test, out):
     if arch is None:
         return None
     saved = zskt_models.model_checkpoint(network, arch, cfg.dataset, test.mean, test.std,
-                                         test.images.shape[-1])
+                                         test.images.shape[-1], classes=list(test.classes))
     save_atomic(saved, out / "teacher.pt")
     return out / "teacher.pt"
 
@@ -197,6 +216,13 @@ def count_classes(model, test):
         return model(x)[0].shape[1]
 
 
+def two_classes(network, outputs):
+    """Why a network with fewer than two outputs is refused (one sentence)."""
+    return (f"{network} has {plural(outputs, 'output')}, but zero-shot distillation and "
+            f"transition curves need a classifier of at least two classes (with one, every "
+            f"network predicts the same and there is nothing to transfer)")
+
+
 def train(cfg, teacher, test, out, device, state, stop, command):
     """Algorithm 1 from the checkpoint `state` (or from iteration 0) to the end, then the final
     evaluation. Logs and checkpoints between iterations; stops cleanly on a signal."""
@@ -216,10 +242,12 @@ def train(cfg, teacher, test, out, device, state, stop, command):
         set_rng_state(state["rng"])
     looped = [torch.compile(m) if cfg.compile else m for m in nets[:3]]  # the same parameters
     log = RunLog(cfg, nets, test, out, start)
-    final_stage = transition_seconds(nets.student, nets.teacher, test, cfg)
-    t0 = time.time() - seconds
-    bar = Progress(cfg.iterations, "Algorithm 1", initial=start, extra=final_stage)
-    for it, last in zskt.algorithm_1(*looped, nets.opts, cfg, first=start + 1):
+    curves = curves_cost(nets.student, nets.teacher, test, cfg)
+    t0 = time.time() - seconds  # the run's clock goes on from the checkpoint's
+    bar = Progress(cfg.iterations, "Algorithm 1", initial=start, extra=curves.seconds())
+    # The state is loaded above: a CUDA graph is captured on the loaded tensors.
+    algorithm_1 = zskt_graph.algorithm_1 if cfg.cuda_graph else zskt.algorithm_1
+    for it, last in algorithm_1(*looped, nets.opts, cfg, first=start + 1):
         interval.add(last)  # no wait for the device
         bar.update()
         log_now = it % cfg.log_every == 0 or it == cfg.iterations
@@ -227,7 +255,9 @@ def train(cfg, teacher, test, out, device, state, stop, command):
         if log_now or save_now:
             check_finite(interval, it, stop)
         if log_now:
-            bar.note(log.row(it, interval, last, time.time() - t0))
+            note = log.row(it, interval, last, time.time() - t0)
+            bar.extra = curves.seconds(log.agreeing())  # curves of the images that agree now
+            bar.note(note)
             interval = Interval()
         if save_now:
             checkpoint(out / "checkpoint.pt", it, time.time() - t0, cfg, parts, interval, last)
@@ -242,7 +272,7 @@ def train(cfg, teacher, test, out, device, state, stop, command):
                       stop.signum)
     stop.at_once = f"during the final evaluation, after the last checkpoint; continue with: " \
                    f"{command}"
-    summary = final_evaluation(cfg, nets, test, out, log, last, time.time() - t0)
+    summary = final_evaluation(cfg, nets, test, out, log, last, t0)
     log.close()
     return Trained(zskt_models.unwrap(nets.student), nets.generator, summary)
 
@@ -263,7 +293,9 @@ def checkpoint(path, it, seconds, cfg, parts, interval, last):
     statistics of the log interval under way."""
     save_atomic({"iteration": it, "seconds": seconds, "config": dataclasses.asdict(cfg),
                  "rng": rng_state(), "sums": interval.sums, "count": interval.count,
-                 "last": last, **{k: v.state_dict() for k, v in parts.items()}}, path)
+                 "last": last,
+                 # portable: a --cuda-graph run's optimizers saved as the eager path's
+                 **{k: zskt_graph.portable(v.state_dict()) for k, v in parts.items()}}, path)
 
 
 class RunLog:
@@ -294,18 +326,24 @@ class RunLog:
             "iteration": it, **{k: v.item() for k, v in means.items()},
             "student_test_acc": (s_pred == self.test.labels).float().mean().item(),
             "agreement": (s_pred == self.teacher_pred).float().mean().item(),
-            "lr_student": opts.student_schedule.get_last_lr()[0],
-            "lr_generator": opts.generator_schedule.get_last_lr()[0],
+            # float: tensors under --cuda-graph
+            "lr_student": float(opts.student_schedule.get_last_lr()[0]),
+            "lr_generator": float(opts.generator_schedule.get_last_lr()[0]),
             **{f"teacher_class_{c}": h for c, h in enumerate(fractions)}, "seconds": seconds})
         write_csv(self.out / "metrics.csv", self.rows)
         grid = zskt_plots.save_samples(self.nets.generator, self.nets.teacher, self.z_grid,
-                                       self.test, self.out / f"samples_{it:06d}.png")
+                                       self.test, self.out / f"samples_{it:06d}.png",
+                                       title=f"iteration {it}: the teacher's class and probability")
         zskt_plots.plot_training(self.rows, self.out / "training.png")
         if self.board:
             zskt_plots.log_tensorboard(self.board, self.rows[-1], grid, last, it)
         r = self.rows[-1]
         return (f"student {r['student_test_acc']:.2%} (agrees with teacher {r['agreement']:.2%})"
                 f" | loss_S {r['loss_student']:.4f} | loss_G {r['loss_generator']:.4f}")
+
+    def agreeing(self):
+        """The test images on which student and teacher agreed at the last log step."""
+        return round(self.rows[-1]["agreement"] * len(self.test.images))
 
     def close(self):
         if self.board:
@@ -320,15 +358,17 @@ def read_rows(path):
         return list(csv.DictReader(f))
 
 
-def final_evaluation(cfg, nets, test, out, log, last, seconds):
-    """student.pt, the transition curves and MTE, and summary.json."""
+def final_evaluation(cfg, nets, test, out, log, last, t0):
+    """student.pt, the transition curves and MTE, and summary.json, whose seconds are those of
+    Algorithm 1 and of this evaluation since the clock `t0` (which resumes carry on)."""
     s_pred = zskt.predict(nets.student, test.images, test.mean, test.std)
     teacher_pred, teacher_acc = log.teacher_pred, log.teacher_acc
     student_acc = (s_pred == test.labels).float().mean().item()
     student = zskt_models.unwrap(nets.student)
     save_atomic(zskt_models.model_checkpoint(student, cfg.student, cfg.dataset, test.mean,
                                              test.std, test.images.shape[-1], test_acc=student_acc,
-                                             seed=cfg.seed, iterations=cfg.iterations),
+                                             seed=cfg.seed, iterations=cfg.iterations,
+                                             classes=list(test.classes)),
                 out / "student.pt")
     mte, n_images = transition_report(nets.student, nets.teacher, test, cfg, out)[:2]
     C = len(test.classes)
@@ -343,7 +383,7 @@ def final_evaluation(cfg, nets, test, out, log, last, seconds):
                "student_teacher_ratio": student_acc / max(teacher_acc, 1e-12),
                "mte": mte, "mte_images": n_images, "mte_steps": cfg.mte_steps,
                "mte_step_size": cfg.mte_step_size, "mte_targets": cfg.mte_targets,
-               "seconds": seconds, "classes": list(test.classes),
+               "seconds": time.time() - t0, "classes": list(test.classes),
                "teacher_per_class_acc": per_class(teacher_pred),
                "student_per_class_acc": per_class(s_pred),
                "teacher_classes_last_pseudo_batch": classes_last,
@@ -357,27 +397,53 @@ def device_of(model):
     return next(model.parameters()).device
 
 
-def transition_seconds(stepped, observed, test, cfg):
-    """An estimate of the final transition curves' time, for the ETA: one real step on at most
-    one batch of trajectories, timed. At most as many images as the test split has."""
-    n = min(cfg.mte_images, len(test.images))
-    if n == 0:
-        return 0.0
-    targets = count_classes(stepped, test) - 1
-    images = test.images[:min(n, max(1, zskt.CHUNK // targets))]  # at most one batch
-    x = zskt.normalize(images.to(device_of(stepped)), test.mean, test.std)
-    t = time.time()
-    zskt.transition_curves(stepped, observed, x, steps=2)
-    return (time.time() - t) / 2 * cfg.mte_steps * math.ceil(n * targets / zskt.CHUNK)
+TRIAL = 32  # trajectories that time a step of the transition curves on a CPU
 
 
-def transition_report(stepped, observed, test, cfg, out, title="student"):
-    """Transition curves on cfg.mte_images agreeing test images -> curves.npz, transition.png.
-    Returns (MTE, the number of images N behind it, p_stepped, p_observed)."""
+class CurvesCost(NamedTuple):
+    """What transition curves cost: one step of a batch of `batch` trajectories takes
+    `step_seconds`; each image has `targets` trajectories of `steps` steps; at most `images`."""
+    step_seconds: float
+    batch: int
+    targets: int
+    steps: int
+    images: int
+
+    def seconds(self, agreeing=None):
+        """Seconds for the curves of the images that agree (all `images` when not known yet)."""
+        n = self.images if agreeing is None else min(self.images, agreeing)
+        return self.step_seconds * math.ceil(n * self.targets / self.batch) * self.steps
+
+
+def curves_cost(stepped, observed, test, cfg):
+    """The cost of the final transition curves, for the ETA, timed on two real steps of a few
+    trajectories: far less than the curves themselves. On a CPU a step costs in proportion to its
+    batch, so TRIAL trajectories time it; on a GPU a batch of zskt.CHUNK costs about what a small
+    one does, so a whole batch does."""
+    images, targets = min(cfg.mte_images, len(test.images)), count_classes(stepped, test) - 1
+    if images == 0 or targets < 1:
+        return CurvesCost(0.0, 1, max(targets, 0), cfg.mte_steps, 0)
+    device = device_of(stepped)
+    batch = min(images * targets, zskt.CHUNK if device.type != "cpu" else TRIAL)
+    x = zskt.normalize(test.images[:1].to(device), test.mean, test.std).repeat(batch, 1, 1, 1)
+    pairs = torch.arange(batch, device=device) % (targets + 1)  # a few classes as targets
+    curves = torch.empty(2, batch, 2, device=device)
+    with zskt.eval_mode(stepped), zskt.eval_mode(observed):
+        t = time.time()
+        zskt.trajectory(stepped, observed, x, pairs, cfg.mte_step_size, curves)
+        curves.sum().item()  # waits for the device
+        step = (time.time() - t) / 2
+    return CurvesCost(step, batch, targets, cfg.mte_steps, images)
+
+
+def transition_report(stepped, observed, test, cfg, out, title="student", agreeing=None):
+    """Transition curves on cfg.mte_images agreeing test images (`agreeing`, where the caller
+    has found them: zskt.agreeing_images) -> curves.npz, transition.png. Returns (MTE, the number
+    of images N behind it, p_stepped, p_observed)."""
     if cfg.mte_images == 0:
         print("no transition curves: --mte-images is 0 (MTE = n/a)")
         return float("nan"), 0, None, None
-    x, y, _ = zskt.agreeing_images(stepped, observed, test, cfg.mte_images)
+    x, y, _ = agreeing or zskt.agreeing_images(stepped, observed, test, cfg.mte_images)
     if len(x) == 0:
         print("no test image on which both networks agree, so no transition curves (MTE = n/a)")
         return float("nan"), 0, None, None
@@ -416,6 +482,9 @@ def validate(cfg):
         if not 0 < getattr(cfg, name) < math.inf:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive number, not "
                              f"{getattr(cfg, name)}")
+    if cfg.cuda_graph and cfg.compile:
+        raise ValueError("--cuda-graph and --compile cannot be combined (torch cannot capture "
+                         "these compiled networks in a CUDA graph of their own); pass one of them")
     if cfg.mte_targets not in ("label", "predicted"):
         raise ValueError(f"--mte-targets must be 'label' (the author's code) or 'predicted' (the "
                          f"paper's text), not {cfg.mte_targets!r}")
@@ -464,7 +533,9 @@ def parse_args(argv):
     p.add_argument("--image-size", type=int, help="--dataset folder: the size images are resized "
                    "to (default: the teacher's; 32 for the author's; the aspect ratio is not kept)")
     p.add_argument("--allow-dataset-mismatch", action="store_true",
-                   help="use a teacher whose file says it was trained on another dataset or size")
+                   help="use a teacher whose file says it was trained on another dataset, image "
+                   "size or classes")
+    normalisation_flags(p)
     p.add_argument("--out", help="run directory (default runs/<dataset>-<teacher>-<student>-<date>"
                    "-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last "
@@ -480,12 +551,37 @@ def parse_args(argv):
 
 class Setup(NamedTuple):
     """What the command line resolved before any compute: the run's Config, its seeds, the
-    teacher's file, the data directory and the image size asked for (None: the teacher's)."""
+    teacher's file, the data directory, the image size asked for (None: the teacher's), and the
+    teacher's normalisation where it was given (mean, std, where from; None: teacher_mean_std's
+    rules)."""
     cfg: zskt.Config
     seeds: list
     teacher_path: Path
     data_dir: Path
     image_size: int
+    normalisation: tuple = None
+
+
+def normalisation_flags(p):
+    """--mean and --std, in zskt.py and zskt.py curves."""
+    for name in ("mean", "std"):
+        p.add_argument(f"--{name}", type=float, nargs=3, metavar=("R", "G", "B"),
+                       help=f"the per-channel {name} of the teacher's input normalisation, for a "
+                       f"file that neither stores it nor names a dataset (default: the file's "
+                       f"own, else the constants of the dataset it names, else the run's)")
+
+
+def given_normalisation(args):
+    """(mean, std, where from) of --mean/--std, checked; None where they are not given."""
+    if (args.mean is None) != (args.std is None):
+        raise UserError("--mean and --std go together: pass both (three numbers each, for the R, "
+                        "G and B channels) or neither")
+    if args.mean is None:
+        return None
+    if not all(map(math.isfinite, args.mean)) or not all(0 < v < math.inf for v in args.std):
+        raise UserError(f"--mean takes three finite numbers and --std three positive ones, not "
+                        f"{' '.join(map(str, args.mean))} and {' '.join(map(str, args.std))}")
+    return tuple(args.mean), tuple(args.std), "--mean/--std"
 
 
 def run_config(saved):
@@ -494,11 +590,13 @@ def run_config(saved):
     return zskt.Config(**{k: v for k, v in saved["config"].items() if k in fields})
 
 
-def run_record(cfg, seeds, teacher_path, data_dir, image_size):
-    """config.json: what --resume needs, with absolute paths so that any directory will do."""
+def run_record(cfg, seeds, teacher_path, data_dir, test):
+    """config.json: what --resume needs, with absolute paths so that any directory will do, and
+    the teacher's normalisation (so that a resume needs no --mean/--std)."""
     teacher = str(Path(teacher_path).resolve()) if teacher_path else None
     return {"config": dataclasses.asdict(cfg), "seeds": seeds, "teacher_checkpoint": teacher,
-            "data_dir": str(Path(data_dir).resolve()), "image_size": image_size}
+            "data_dir": str(Path(data_dir).resolve()), "image_size": test.images.shape[-1],
+            "mean": [float(v) for v in test.mean], "std": [float(v) for v in test.std]}
 
 
 def read_run(out):
@@ -525,12 +623,13 @@ def resumed_setup(args, given):
     saved = read_run(args.out)
     paths = {"teacher_checkpoint": args.teacher_checkpoint, "data_dir": args.data_dir}
     diff = [f"{k}={saved['config'].get(k)!r} (saved) vs {v!r} (given)" for k, v in given.items()
-            if saved["config"].get(k) != v]
+            if saved["config"].get(k) != v and k != "cuda_graph"]  # how, not what: either way
     diff += [f"{k}={saved.get(k)} (saved) vs {Path(v).resolve()} (given)"
              for k, v in paths.items()
              if v is not None and Path(v).resolve() != Path(saved.get(k) or "./data").resolve()]
     diff += [f"{k}={saved.get(k)} (saved) vs {v} (given)"
-             for k, v in (("seeds", args.seeds), ("image_size", args.image_size))
+             for k, v in (("seeds", args.seeds), ("image_size", args.image_size),
+                          ("mean", args.mean), ("std", args.std))
              if v not in (None, saved.get(k))]
     if diff:
         raise UserError(f"--resume: the flags contradict the saved run: {'; '.join(diff)}; drop "
@@ -543,10 +642,14 @@ def resumed_setup(args, given):
         raise UserError(f"the run's teacher file {teacher_path} is gone; put it back, or start a "
                         f"new --out")
     with user_input():
-        cfg = run_config(saved)
+        cfg = dataclasses.replace(run_config(saved), **{k: v for k, v in given.items()
+                                                        if k == "cuda_graph"})
     seeds = saved.get("seeds") or [cfg.seed]
     data_dir = Path(saved.get("data_dir") or "./data").resolve()
-    return Setup(cfg, seeds, teacher_path, data_dir, saved.get("image_size"))
+    normalisation = None
+    if saved.get("mean") and saved.get("std"):
+        normalisation = (tuple(saved["mean"]), tuple(saved["std"]), "the run's config.json")
+    return Setup(cfg, seeds, teacher_path, data_dir, saved.get("image_size"), normalisation)
 
 
 def new_setup(args, given):
@@ -558,6 +661,7 @@ def new_setup(args, given):
     if args.seeds and len(set(args.seeds)) < len(args.seeds):
         raise UserError(f"--seeds {' '.join(map(str, args.seeds))} repeats a seed; give each "
                         f"seed once")
+    normalisation = given_normalisation(args)
     dataset = given.get("dataset") or dataset_of(args.teacher_checkpoint) or "shapes"
     with user_input():
         cfg = validate(zskt.make_config(**{**given, "dataset": dataset}))
@@ -573,7 +677,8 @@ def new_setup(args, given):
                               *(["--image-size", args.image_size] if args.image_size else []))
         raise UserError(f"no teacher checkpoint at {teacher_path}; train one with: cd "
                         f"{shlex.quote(str(Path.cwd()))} && {train}, or pass --teacher-checkpoint")
-    return Setup(cfg, args.seeds or [cfg.seed], teacher_path, data_dir, args.image_size)
+    return Setup(cfg, args.seeds or [cfg.seed], teacher_path, data_dir, args.image_size,
+                 normalisation)
 
 
 def dataset_of(teacher_checkpoint):
@@ -606,42 +711,78 @@ def default_teacher_path(dataset, arch, data_dir="./data"):
     return Path("checkpoints") / f"{dataset}-{arch}.pt"
 
 
-def teacher_mean_std(meta, dataset, path):
-    """The mean and std a network was trained with: from its file, else the dataset's."""
-    if "mean" in meta:
-        return tuple(meta["mean"]), tuple(meta["std"])
-    if dataset not in zskt.MEAN_STD:
-        raise UserError(f"{path} stores no normalisation constants; re-train it with "
-                        f"train_teacher.py")
-    return zskt.MEAN_STD[dataset]
+def teacher_mean_std(meta, dataset, path, given=None):
+    """(mean, std, where they come from) of a network's input normalisation: the constants its
+    file stores (where from: None; `given` ones that contradict them are refused), else `given`
+    (--mean/--std, or a resumed run's config.json), else the constants of the dataset its file
+    names (its metadata or, for the literature's teachers, its name: cifar10_resnet34.pth), even
+    on --dataset folder (a user's own copy of that dataset as image files), else the run's."""
+    if "mean" in meta and "std" in meta:
+        own = tuple(map(float, meta["mean"])), tuple(map(float, meta["std"]))
+        if given is not None and tuple(map(tuple, given[:2])) != own:
+            raise UserError(f"{path} stores its own normalisation (mean {words(own[0])}, std "
+                            f"{words(own[1])}), which {given[2]} contradicts; drop --mean and "
+                            f"--std")
+        return (*own, None)
+    if given is not None:
+        return given
+    named = meta.get("dataset")
+    if named in zskt.MEAN_STD:
+        return (*zskt.MEAN_STD[named], f"the constants of {named}, which {Path(path).name} names")
+    if dataset in zskt.MEAN_STD:
+        return (*zskt.MEAN_STD[dataset], f"the constants of {dataset}, the dataset of this run")
+    raise UserError(f"{path} neither stores its normalisation constants nor names a dataset; pass "
+                    f"the mean and std it was trained with as --mean R G B --std R G B")
 
 
-def check_network_file(meta, dataset, image_size, path, allow):
-    """A teacher or student file trained on other data is refused, naming both, unless allowed."""
+def words(values):
+    """'(0.4914, 0.4822, 0.4465)': numbers as a user reads them."""
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+
+def say_normalisation(path, mean, std, source):
+    """One line where the normalisation did not come from the file itself."""
+    if source:
+        print(f"{Path(path).name}: normalisation mean {words(mean)}, std {words(std)} ({source})")
+
+
+def check_network_file(meta, dataset, image_size, classes, path, allow):
+    """A teacher or student file trained on other data (its file names another dataset, image
+    size or class names) is refused, naming both, unless allowed. A folder can hold any dataset
+    (a user's copy of CIFAR-10 as image files), so on --dataset folder the name of the file's
+    dataset is not compared, only its image size and, where the file stores them, its classes."""
     trained = [(k, meta[k]) for k, v in (("dataset", dataset), ("image_size", image_size))
-               if meta.get(k) not in (None, v)]
+               if meta.get(k) not in (None, v) and (k, dataset) != ("dataset", "folder")]
+    ours = ""
+    if meta.get("classes") is not None and list(meta["classes"]) != list(classes):
+        trained.append(("classes", f"({listed(meta['classes'])})"))
+        ours = f", classes ({listed(classes)})"
     if trained and not allow:
         raise UserError(f"{path} was trained on {', '.join(f'{k} {v}' for k, v in trained)}, but "
-                        f"this run uses dataset {dataset} (image size {image_size}); pass the "
-                        f"matching --dataset, another --teacher-checkpoint, or "
-                        f"--allow-dataset-mismatch")
+                        f"this run uses dataset {dataset} (image size {image_size}{ours}); pass "
+                        f"the matching --dataset, another file, or --allow-dataset-mismatch")
 
 
 def load_teacher(setup, given, allow_mismatch):
     """(teacher, the TestSet of the run's dataset in the teacher's normalisation)."""
     teacher, meta = zskt_models.load_model(setup.teacher_path, given.get("teacher"))
+    found, n_classes = zskt_models.infer_arch(teacher.state_dict())
+    if n_classes < 2:
+        raise UserError(two_classes(f"{setup.teacher_path} ({found})", n_classes))
     cfg = setup.cfg
     size = setup.image_size or meta.get("image_size") or 32
     with user_input():
         images, labels, classes = zskt.load_dataset(cfg.dataset, "test", setup.data_dir, size)
-    found, n_classes = zskt_models.infer_arch(teacher.state_dict())
     if n_classes != len(classes):
         raise UserError(f"{setup.teacher_path} holds a {found} with {n_classes} classes, but a "
                         f"network with {len(classes)} classes was expected ({cfg.dataset}); pass "
                         f"the matching file")
-    check_network_file(meta, cfg.dataset, images.shape[-1], setup.teacher_path, allow_mismatch)
+    check_network_file(meta, cfg.dataset, images.shape[-1], classes, setup.teacher_path,
+                       allow_mismatch)
     cfg.teacher = found
-    mean, std = teacher_mean_std(meta, cfg.dataset, setup.teacher_path)
+    mean, std, source = teacher_mean_std(meta, cfg.dataset, setup.teacher_path,
+                                         setup.normalisation)
+    say_normalisation(setup.teacher_path, mean, std, source)
     return teacher, zskt.TestSet(images, labels, classes, mean, std)
 
 
@@ -656,6 +797,8 @@ def main(argv=None):
         args.resume = args.out is not None and (Path(args.out) / "config.json").is_file()
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite contradict each other; pass one of them")
+    if args.out and not args.resume:  # refused before the teacher and the data are loaded
+        check_run_dir(args.out, args.overwrite, CLI_HINT)
     setup = resumed_setup(args, given) if args.resume else new_setup(args, given)
     teacher, test = load_teacher(setup, given, args.allow_dataset_mismatch or args.resume)
     cfg = setup.cfg
@@ -681,7 +824,7 @@ def main(argv=None):
         if not args.resume:
             prepare_run_dir(out, overwrite=args.overwrite, hint=CLI_HINT)
             write_json(out / "config.json", run_record(cfg, setup.seeds, setup.teacher_path,
-                                                       setup.data_dir, test.images.shape[-1]))
+                                                       setup.data_dir, test))
         with tee(out / "log.txt"):
             summaries = []
             for i, seed in enumerate(setup.seeds, 1):
@@ -713,7 +856,8 @@ def print_report(summaries, out):
         m = over_seeds([x[key] for x in summaries])
         if m["mean"] is None:
             return "n/a"
-        spread = f" +- {m['std']:{fmt}} (mean +- population std over {n} seeds)" if n > 1 else ""
+        spread = (f" +- {m['std']:{fmt}} (mean +- population std over {plural(m['n'], 'seed')})"
+                  if n > 1 else "")  # the seeds with a value (an MTE needs agreeing images)
         return f"{m['mean']:{fmt}}" + spread
 
     def mte(x):
@@ -729,7 +873,9 @@ def print_report(summaries, out):
              f"real image seen)",
              f"student / teacher ratio      {show('student_teacher_ratio', '.3f')}",
              f"mean transition error (MTE)  {show('mte', '.3f') if n > 1 else mte(s)}",
-             f"time                         {format_time(sum(x['seconds'] for x in summaries))}"]
+             f"time                         {format_time(sum(x['seconds'] for x in summaries))}"
+             f"  (Algorithm 1 and the final evaluation{' of every seed' if n > 1 else ''}, "
+             f"resumes included)"]
     lines += [f"  seed {x['seed']}: student {x['student_test_acc']:.2%}, MTE {mte(x)}"
               for x in summaries if n > 1]
     where, prefix = (Path(out), "") if n == 1 else (Path(out) / f"seed{s['seed']}", "seed*/")
@@ -742,7 +888,7 @@ def print_report(summaries, out):
 # ----------------------------------------------------------------------------------------------
 # python zskt.py curves: transition curves and MTE of saved networks against a teacher.
 
-def curves_arguments(argv):
+def curves_parser():
     p = argparse.ArgumentParser(prog="zskt.py curves", description="Transition curves and MTE "
                                 "(Algorithm 2, Section 4.4; Figure 4, Table 2) of saved networks "
                                 "that are stepped on (e.g. a zero-shot and a KD+AT student) "
@@ -765,10 +911,17 @@ def curves_arguments(argv):
                              for f in dataclasses.fields(zskt.Config))["mte_targets"])
     p.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, "
                    "cuda, cuda:N or mps")
+    p.add_argument("--allow-dataset-mismatch", action="store_true", help="use networks whose "
+                   "files say they were trained on another dataset, image size or classes")
+    normalisation_flags(p)
     p.add_argument("--out", help="directory for transition.png, mte.json and one folder of curves "
                    "per network (default runs/curves-<date>-<time>)")
     p.add_argument("--overwrite", action="store_true", help="delete what --out holds first")
-    args = p.parse_args(argv)
+    return p
+
+
+def curves_arguments(argv):
+    args = curves_parser().parse_args(argv)
     for flag, value in (("--images", args.images), ("--steps", args.steps)):
         if value < 1:
             raise UserError(f"{flag} must be at least 1, not {value}")
@@ -796,12 +949,21 @@ def panel_names(paths):
 
 
 def curves_main(argv):
-    """Loads the networks, tells what the curves will cost, then writes --out. An interrupted
-    run leaves a marker (.unfinished), so the same command clears it and starts again."""
+    """Checks --out, loads the networks, tells what the curves will cost, then writes --out. An
+    interrupted run keeps none of its curves and prints the command that starts it again; a
+    directory it did not create keeps a marker (.unfinished), so the same command starts again,
+    and one it created is removed."""
     args = curves_arguments(argv)
+    out = Path(args.out or f"runs/curves-{time.strftime('%Y%m%d-%H%M%S')}")
+    hint = "pass --overwrite to replace them, or another --out"
+    check_run_dir(out, args.overwrite or (out / ".unfinished").exists(), hint)  # before loading
     device = resolve_device(args.device)
     full_fp32()
+    given = given_normalisation(args)
     teacher, meta = zskt_models.load_model(args.teacher_checkpoint)
+    found, n_classes = zskt_models.infer_arch(teacher.state_dict())
+    if n_classes < 2:
+        raise UserError(two_classes(f"{args.teacher_checkpoint} ({found})", n_classes))
     dataset = args.dataset or meta.get("dataset")
     if dataset is None:
         raise UserError(f"{args.teacher_checkpoint} does not say which dataset it was trained on; "
@@ -809,42 +971,74 @@ def curves_main(argv):
     with user_input():
         images, labels, classes = zskt.load_dataset(dataset, "test", args.data_dir,
                                                     meta.get("image_size") or 32)
-    test = zskt.TestSet(images, labels, classes, *teacher_mean_std(meta, dataset,
-                                                                     args.teacher_checkpoint))
-    check_network_file(meta, dataset, images.shape[-1], args.teacher_checkpoint, False)
-    n_classes = zskt_models.infer_arch(teacher.state_dict())[1]
+    check_network_file(meta, dataset, images.shape[-1], classes, args.teacher_checkpoint,
+                       args.allow_dataset_mismatch)
+    mean, std, source = teacher_mean_std(meta, dataset, args.teacher_checkpoint, given)
+    say_normalisation(args.teacher_checkpoint, mean, std, source)
+    test = zskt.TestSet(images, labels, classes, mean, std)
     students = []
     for path in args.student_checkpoint:
         student, s_meta = zskt_models.load_model(path, num_classes=n_classes)
-        check_network_file(s_meta, dataset, images.shape[-1], path, False)
+        check_network_file(s_meta, dataset, images.shape[-1], classes, path,
+                           args.allow_dataset_mismatch)
         students.append(student.to(device))
     teacher = teacher.to(device)
     cfg = dataclasses.replace(zskt.Config(), mte_images=args.images, mte_steps=args.steps,
                               mte_step_size=args.step_size, mte_targets=args.mte_targets)
-    estimate = transition_seconds(students[0], teacher, test, cfg) * len(students)
+    agreeing = [zskt.agreeing_images(s, teacher, test, args.images) for s in students]
+    estimate = sum(curves_cost(s, teacher, test, cfg).seconds(len(a[0]))
+                   for s, a in zip(students, agreeing))
     print(f"transition curves of {plural(len(students), 'network')}: up to "
-          f"{min(args.images, len(images))} images x {len(classes) - 1} targets x "
+          f"{max(len(a[0]) for a in agreeing)} images x {len(classes) - 1} targets x "
           f"{plural(args.steps, 'step')} each, about {format_time(estimate)} on {device}")
-    out = Path(args.out or f"runs/curves-{time.strftime('%Y%m%d-%H%M%S')}")
+    again = shell_command("zskt.py", "curves", *curves_flags(args, dataset, out))
+    created = not out.exists()
     with run_lock(out, keep=(".lock", ".unfinished")):
         unfinished = (out / ".unfinished").exists()
         if unfinished:
             print(f"{out} holds an interrupted curves run; starting it again")
-        prepare_run_dir(out, overwrite=args.overwrite or unfinished,
-                        hint="pass --overwrite to replace them, or another --out")
+        prepare_run_dir(out, overwrite=args.overwrite or unfinished, hint=hint)
         (out / ".unfinished").touch()
-        write_curves(args, students, teacher, test, cfg, out, dataset, device)
+        try:
+            with StopOnSignal(at_once=f"during the transition curves, of which none are kept; "
+                                      f"start them again with: {again}"):
+                write_curves(args, students, agreeing, teacher, test, cfg, out, dataset, device)
+        except Stopped:
+            if created:  # nothing of it is worth keeping, and nothing should block `again`
+                shutil.rmtree(out, ignore_errors=True)
+            raise
         (out / ".unfinished").unlink()
     print(f"written to {out}/: " + ", ".join(sorted(p.name for p in out.iterdir()
                                                      if not p.name.startswith("."))))
 
 
-def write_curves(args, students, teacher, test, cfg, out, dataset, device):
-    """One folder of curves per network, transition.png with a panel each, and mte.json."""
+def curves_flags(args, dataset, out):
+    """The flags of a `zskt.py curves` command that starts this one again from any directory:
+    absolute paths, the names it chose, the --out it chose."""
+    flags = ["--teacher-checkpoint", Path(args.teacher_checkpoint).resolve(),
+             "--student-checkpoint", *(Path(p).resolve() for p in args.student_checkpoint),
+             "--names", *args.names]
+    defaults = curves_parser().parse_args(["--teacher-checkpoint", "t", "--student-checkpoint",
+                                           "s"])
+    for name in ("dataset", "images", "steps", "step_size", "mte_targets", "device"):
+        if getattr(args, name) != getattr(defaults, name):
+            flags += [f"--{name.replace('_', '-')}", getattr(args, name)]
+    if dataset != "shapes":  # the built-in data needs no folder
+        flags += ["--data-dir", Path(args.data_dir).resolve()]
+    for name in ("mean", "std"):
+        flags += [f"--{name}", *getattr(args, name)] if getattr(args, name) else []
+    flags += ["--allow-dataset-mismatch"] if args.allow_dataset_mismatch else []
+    return flags + ["--out", Path(out).resolve()]
+
+
+def write_curves(args, students, agreeing, teacher, test, cfg, out, dataset, device):
+    """One folder of curves per network, transition.png with a panel each, and mte.json (its
+    paths absolute and resolved, as config.json's)."""
     t0, panels, result, images = time.time(), [], {}, {}
-    for student, name in zip(students, args.names):
+    for student, found, name in zip(students, agreeing, args.names):
         (out / name).mkdir()
-        mte, n, p_s, p_o = transition_report(student, teacher, test, cfg, out / name, name)
+        mte, n, p_s, p_o = transition_report(student, teacher, test, cfg, out / name, name,
+                                             found)
         result[name], images[name] = mte, n
         if p_s is not None:
             panels.append((name, p_s, p_o))
@@ -852,10 +1046,13 @@ def write_curves(args, students, teacher, test, cfg, out, dataset, device):
               f"targets: {args.mte_targets})")
     if panels:
         zskt_plots.plot_transition_curves(panels, out / "transition.png")
-    files = dict(zip(args.names, map(str, args.student_checkpoint)))
-    write_json(out / "mte.json", {**vars(args), "mte": result, "images": images,
-                                  "dataset": dataset, "seconds": time.time() - t0,
-                                  "device_name": device_name(device), "files": files})
+    files = [str(Path(p).resolve()) for p in args.student_checkpoint]
+    write_json(out / "mte.json", {
+        **vars(args), "teacher_checkpoint": str(Path(args.teacher_checkpoint).resolve()),
+        "student_checkpoint": files, "data_dir": str(Path(args.data_dir).resolve()),
+        "out": str(out.resolve()), "mean": list(test.mean), "std": list(test.std), "mte": result,
+        "images": images, "dataset": dataset, "seconds": time.time() - t0,
+        "device_name": device_name(device), "files": dict(zip(args.names, files))})
 
 
 if __name__ == "__main__":

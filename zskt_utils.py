@@ -17,6 +17,7 @@ import shlex
 import shutil
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -32,30 +33,49 @@ class UserError(Exception):
 
 
 class Stopped(Exception):
-    """A run stopped by SIGINT/SIGTERM after saving a checkpoint: exit status 128 + the signal."""
+    """A command stopped by SIGINT or SIGTERM (after saving a checkpoint, where it had one to
+    save): exit status 128 + the signal's number."""
 
     def __init__(self, message, signum):
         super().__init__(message)
         self.status = 128 + signum
 
 
+def exit_message(e):
+    """(what a command prints, its exit status) when `e` ends it: a UserError is one line and
+    status 2, a run stopped by a signal 128 + its number (130 for Ctrl-C, 143 for SIGTERM); None
+    for anything else (a traceback)."""
+    if isinstance(e, UserError):
+        return f"error: {e}", 2
+    if isinstance(e, Stopped):
+        return str(e), e.status
+    if isinstance(e, KeyboardInterrupt):
+        return f"interrupted{': ' + str(e) if str(e) else ''}", 128 + signal.SIGINT
+    return None
+
+
 def run_cli(main):
-    """Entry point: a UserError becomes one line on stderr and exit status 2; a run stopped by a
-    signal exits with 128 + its number (130 for Ctrl-C, 143 for SIGTERM)."""
+    """The entry point of every script: ends a UserError, a stopped run or a Ctrl-C with its
+    exit_message. SIGINT means the same however the process was started: one started with SIGINT
+    ignored (a background job of a script, some launchers and schedulers) would otherwise keep
+    ignoring it, so `kill -INT` stops it as Ctrl-C does a foreground one (docs/long-runs.md)."""
+    restore = None
+    if (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.SIG_IGN):
+        restore = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         main()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except Stopped as e:
-        print(str(e), file=sys.stderr)
-        sys.exit(e.status)
-    except KeyboardInterrupt as e:
-        print(f"interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
-        sys.exit(130)
+    except (UserError, Stopped, KeyboardInterrupt) as e:
+        message, status = exit_message(e)
+        sys.stdout.flush()  # what was printed before the message comes before it in a log file
+        print(message, file=sys.stderr)
+        sys.exit(status)
     except BrokenPipeError:  # `... --list | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
+    finally:
+        if restore is not None:
+            signal.signal(signal.SIGINT, restore)
 
 
 @contextlib.contextmanager
@@ -74,6 +94,13 @@ def shell_command(script, *args):
     python = sys.executable or "python"
     here = Path(__file__).resolve().with_name(script)
     return " ".join(shlex.quote(str(a)) for a in (python, here, *args))
+
+
+def listed(names, most=6):
+    """'a, b, c', or the first `most` names and how many there are."""
+    names = list(names)
+    shown = ", ".join(map(str, names[:most]))
+    return shown + (f", ... ({len(names)} in all)" if len(names) > most else "")
 
 
 def plural(n, word, many=None):
@@ -176,8 +203,30 @@ def load_checkpoint(path):
             raise UserError(f"{path} holds pickled Python objects, which are not loaded because "
                             f"unpickling can run arbitrary code; re-save it as a dict of tensors, "
                             f"e.g. {{'state_dict': model.state_dict()}}") from None
+        kind = file_kind(path)
+        if kind:
+            raise UserError(f"{path} is not a PyTorch checkpoint (it is {kind}); pass the .pt or "
+                            f".pth file that torch.save wrote") from None
         raise UserError(f"{path} is truncated or corrupt and cannot be read "
                         f"({type(e).__name__}); re-create it or use another checkpoint") from None
+
+
+def file_kind(path):
+    """'a text file', 'an empty file' or 'a file of another format' for a file that torch.save
+    cannot have written (it writes a zip archive, or a pickle in PyTorch before 1.6); None for a
+    file that starts as one of those (so a damaged checkpoint)."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if not head:
+        return "an empty file"
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # zip; pickle protocol 2+
+        return None
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:  # not a character cut off by the 4096-byte read
+            return "a file of another format"
+    return "a text file" if b"\0" not in head else "a file of another format"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -217,16 +266,24 @@ def set_rng_state(s):
 # ----------------------------------------------------------------------------------------------
 # Run directories: never overwritten silently, never written by two processes, stopped cleanly.
 
-def prepare_run_dir(out, overwrite=False, hint="pass --resume to continue that run, --overwrite "
-                                                "to replace them, or another --out"):
-    """An existing run directory is never reused or emptied unless the user asked for it. The
-    lock file stays (the caller holds it, run_lock), and so does the log of a start that was
-    killed before it wrote anything else."""
+def check_run_dir(out, overwrite=False, hint="pass --resume to continue that run, --overwrite "
+                                              "to replace them, or another --out"):
+    """An existing run directory is never reused or emptied unless the user asked for it; checked
+    before anything is loaded, and again under the lock (prepare_run_dir). Returns what it holds
+    (the lock file and the log of a start killed before it wrote anything else are not counted)."""
     out = Path(out)
     old = [p for p in out.iterdir() if p.name not in (".lock", "log.txt")] if out.is_dir() else []
     if old and not overwrite:
         raise UserError(f"{out} already holds files; {hint}")
-    for p in old:
+    return old
+
+
+def prepare_run_dir(out, overwrite=False, hint="pass --resume to continue that run, --overwrite "
+                                                "to replace them, or another --out"):
+    """check_run_dir, then empty it where --overwrite asked for that, and check that it is
+    writable. The lock file stays (the caller holds it, run_lock)."""
+    out = Path(out)
+    for p in check_run_dir(out, overwrite, hint):
         shutil.rmtree(p) if p.is_dir() else p.unlink()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -241,42 +298,62 @@ def prepare_run_dir(out, overwrite=False, hint="pass --resume to continue that r
 @contextlib.contextmanager
 def run_lock(out, keep=(".lock", "config.json", "log.txt", "teacher.pt")):
     """One process per run directory: a second one is refused. The operating system drops the
-    lock when its process dies, so a crash never leaves a run locked. A directory this call
-    created is removed again if the run fails before it wrote more than `keep` (a failed start)."""
+    lock when its process dies, so a crash never leaves a run locked, and the lock file goes when
+    the run ends. A directory this call created is removed again if the run fails, for whatever
+    reason, before it wrote more than `keep` (a failed start), so the same command can start it."""
     out, created = Path(out), not Path(out).exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
-        f = open(out / ".lock", "w")
+        f = locked_file(out / ".lock")
     except OSError as e:
         raise UserError(f"cannot write to output directory {out} ({e.strerror}); pass a writable "
                         f"--out") from None
     try:
-        import fcntl  # POSIX; on Windows runs are not locked
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except ImportError:
-        pass
-    except OSError:
-        f.close()
-        raise UserError(f"another process is writing {out} right now; wait for it to end, or use "
-                        f"another --out") from None
-    try:
         yield out
-    except (UserError, OSError):
-        if created and {p.name for p in out.iterdir()} <= set(keep):
+    except BaseException:
+        if created and out.is_dir() and {p.name for p in out.iterdir()} <= set(keep):
             shutil.rmtree(out, ignore_errors=True)
         raise
     finally:
+        with contextlib.suppress(OSError):  # removed above, or on Windows (open files stay)
+            os.unlink(out / ".lock")  # while still locked: the next process locks a new file
+        f.close()
+
+
+def locked_file(path):
+    """The lock file at `path`, opened and locked (flock, POSIX; not locked where there is none).
+    A process that ends removes its lock file while it holds the lock; one that opened that file
+    just before would then lock a file no longer in the directory: it checks, and takes the new
+    one."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: runs are not locked
+        return open(path, "a")
+    while True:
+        f = open(path, "a")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            raise UserError(f"another process is writing {path.parent} right now; wait for it to "
+                            f"end, or use another --out") from None
+        try:
+            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                return f
+        except FileNotFoundError:
+            pass
         f.close()
 
 
 class StopOnSignal:
     """The first SIGINT/SIGTERM is acknowledged at once and sets a flag that the training loop
-    checks after each step, so it can save a checkpoint and exit cleanly. A second Ctrl-C stops at
-    once, naming the checkpoint that survives (`saved`, which the loop keeps up to date)."""
+    checks after each step, so it can save a checkpoint and exit cleanly. A second one stops at
+    once, naming the checkpoint that survives (`saved`, which the loop keeps up to date). With
+    `at_once` (a message: what is lost, what continues), the first signal stops at once."""
 
-    def __init__(self, saved="no checkpoint had been written yet"):
+    def __init__(self, saved="no checkpoint had been written yet", at_once=None):
         self.saved = saved
-        self.at_once = None  # a message, when there is nothing left to save
+        self.at_once = at_once  # a message, when there is nothing left to save
 
     def __enter__(self):
         self.signal, self.signum, self.previous = None, None, {}
@@ -285,17 +362,34 @@ class StopOnSignal:
         return self
 
     def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
         if self.at_once:
-            raise Stopped(f"{signal.Signals(signum).name} {self.at_once}", signum)
+            raise Stopped(f"{name} {self.at_once}", signum)
         if self.signal:
-            raise KeyboardInterrupt(f"stopped at once without saving; {self.saved}")
-        self.signal, self.signum = signal.Signals(signum).name, signum
-        print(f"\n{self.signal}: stopping after this step and saving a checkpoint; press Ctrl-C "
-              f"again to stop at once without saving", file=sys.stderr, flush=True)
+            message = f"stopped at once without saving; {self.saved}"
+            if signum == signal.SIGINT:  # what a second Ctrl-C raises in any Python program
+                raise KeyboardInterrupt(message)
+            raise Stopped(f"{name}: {message}", signum)
+        self.signal, self.signum = name, signum
+        again = ("press Ctrl-C again to stop" if signum == signal.SIGINT else  # a batch job
+                 "a second SIGTERM or SIGINT stops")  # has no Ctrl-C to press
+        say(f"\n{name}: stopping after this step and saving a checkpoint; {again} at once "
+            f"without saving")
 
     def __exit__(self, *exc):
         for s, h in self.previous.items():
             signal.signal(s, h)
+
+
+def say(text):
+    """A line on stderr from a signal handler. The handler may run inside a write to stderr or to
+    a run's log (CPython runs handlers between the system calls of a buffered write), where a
+    second write to the same stream raises 'reentrant call': then the line goes straight to the
+    process's stderr descriptor instead."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except RuntimeError:
+        os.write(sys.__stderr__.fileno(), (text + "\n").encode())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -323,9 +417,10 @@ class Progress:
     """A tqdm bar on a terminal; in a log file (no terminal), a plain line every `every` seconds
     (and one soon after the start, for an early ETA) instead of carriage-return redraws. `note`
     shows the latest result (a line of its own in a log), and `extra` adds the seconds of the
-    stages after this loop to the ETA of the whole run."""
+    stages after this loop to the ETA of the whole run (the caller may update it as it learns
+    more; None: the loop is the whole command)."""
 
-    def __init__(self, total, desc, initial=0, unit="it", every=60.0, extra=0.0, file=None):
+    def __init__(self, total, desc, initial=0, unit="it", every=60.0, extra=None, file=None):
         self.file, self.every, self.extra, self.desc = file or sys.stderr, every, extra, desc
         self.unit = unit
         self.total, self.n, self.start, self.shown_n = total, initial, initial, initial
@@ -341,11 +436,11 @@ class Progress:
     def eta(self):
         done = self.n - self.start
         left = (time.time() - self.t0) / done * (self.total - self.n) if done else float("nan")
-        return left + self.extra
+        return left + (self.extra or 0.0)
 
     def postfix(self):
         parts = [self.note_text] if self.note_text else []
-        parts += [f"whole run ETA {format_time(self.eta())}"] if self.extra else []
+        parts += [f"whole run ETA {format_time(self.eta())}"] if self.extra is not None else []
         return "; ".join(parts)
 
     def update(self, n=1):
@@ -353,7 +448,7 @@ class Progress:
         now = time.time()
         if self.bar is not None:
             self.bar.update(n)
-            if self.extra and now - self.shown >= 1:  # the postfix, once a second at most
+            if self.extra is not None and now - self.shown >= 1:  # the postfix, once a second
                 self.shown = now
                 self.bar.set_postfix_str(self.postfix(), refresh=False)
         elif now - self.shown >= self.every or (self.shown_n == self.start
@@ -368,9 +463,10 @@ class Progress:
 
     def line(self, text=None):
         """One plain line: in a log file always, on a terminal only for notes (above the bar)."""
+        sys.stdout.flush()  # `> run.log 2>&1`: what was printed before comes before this line
         self.shown, self.shown_n = time.time(), self.n
         rate = (self.n - self.start) / max(time.time() - self.t0, 1e-9)
-        eta = "whole run ETA" if self.extra else "ETA"
+        eta = "whole run ETA" if self.extra is not None else "ETA"
         msg = (f"{self.desc} {self.n}/{self.total} | {rate:.2f} {self.unit}/s | {eta} "
                f"{format_time(self.eta())}" + (f" | {text}" if text else ""))
         if self.bar is None:
@@ -388,7 +484,8 @@ class Progress:
 @contextlib.contextmanager
 def tee(path):
     """Everything printed to stdout and stderr meanwhile is also appended to `path` (a run's
-    log.txt); a progress bar's redraws (carriage returns) stay on the terminal."""
+    log.txt), and so is the message that ends the command (exit_message), which run_cli prints
+    after this has ended; a progress bar's redraws (carriage returns) stay on the terminal."""
     f = open(path, "a", buffering=1)
 
     class Tee:
@@ -397,8 +494,13 @@ def tee(path):
 
         def write(self, text):
             self.stream.write(text)
+            if "\n" in text:  # a log file (`> run.log 2>&1`) gets stdout's lines when they are
+                self.stream.flush()  # printed, in order with stderr's, not at the end
             if "\r" not in text:
-                f.write(text)
+                try:
+                    f.write(text)
+                except RuntimeError:  # a signal handler's line (`say`) written while the main
+                    pass  # code was writing to the log: the console has it
             return len(text)
 
         def __getattr__(self, name):
@@ -408,6 +510,11 @@ def tee(path):
     sys.stdout, sys.stderr = Tee(old[0]), Tee(old[1])
     try:
         yield f
+    except BaseException as e:
+        ended = exit_message(e)
+        if ended:
+            f.write(ended[0] + "\n")
+        raise
     finally:
         sys.stdout, sys.stderr = old
         f.close()

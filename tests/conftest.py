@@ -1,6 +1,8 @@
-"""Fixtures shared by the tests in tests/: small data, a random teacher file, a user's shell."""
+"""Fixtures shared by the tests in tests/: Python's own SIGINT handler in every test, small data, a
+random teacher file, a user's shell."""
 import os
 import shlex
+import signal
 import sys
 
 import pytest
@@ -9,6 +11,16 @@ import torch
 import zskt
 import zskt_models
 from helpers import REAL_LOAD, shapes_slice
+
+
+@pytest.fixture(autouse=True)
+def sigint_raises_keyboard_interrupt():
+    """Every test starts with Python's own SIGINT handler, however pytest was started: a process
+    started with SIGINT ignored (a background job of a script, `nohup ... &`, some CI launchers)
+    keeps it ignored, and Python then installs none, so a test's real SIGINT would do nothing."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(scope="module")

@@ -91,6 +91,48 @@ def interrupt_at(monkeypatch, module, name, call):
     monkeypatch.setattr(module, name, wrapped)
 
 
+def ignore_sigint():
+    """preexec_fn of a process started as a background job of a script is: SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# Run as `python -c HELD MODULE FUNCTION CALL SCRIPT ARGS...`: SCRIPT's command line (its own
+# run_cli(main)), which prints "held" and waits for a line on stdin during the CALL-th call of
+# MODULE.FUNCTION, so that a test's signal arrives at a known point, whatever the machine's speed.
+HELD = """
+import importlib, os, runpy, sys
+sys.path.insert(0, os.path.dirname(sys.argv[4]))
+module, name, call = importlib.import_module(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+original, calls = getattr(module, name), [0]
+def held(*a, **k):
+    calls[0] += 1
+    if calls[0] == call:
+        print("held", flush=True)
+        sys.stdin.readline()
+    return original(*a, **k)
+setattr(module, name, held)
+sys.argv = sys.argv[4:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def signal_when_held(hold, script, args, signum, cwd, **popen):
+    """Runs `python SCRIPT ARGS` held at `hold` (module, function, call), sends `signum` there,
+    then lets it go on; returns (exit status, stdout, stderr)."""
+    module, name, call = hold
+    p = subprocess.Popen([sys.executable, "-c", HELD, module, name, str(call), str(HERE / script),
+                          *map(str, args)], cwd=cwd, stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    before = []
+    for line in p.stdout:
+        if line == "held\n":
+            break
+        before.append(line)
+    p.send_signal(signum)
+    out, err = p.communicate("\n")
+    return p.returncode, "".join(before) + out, err
+
+
 def stopped_command(fn):
     """The command that a run stopped by SIGINT printed to continue it."""
     with pytest.raises(Stopped) as e:

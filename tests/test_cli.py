@@ -4,8 +4,10 @@ import argparse
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,9 +17,10 @@ import zskt
 import zskt_models
 import zskt_run
 import zskt_shapes
-from helpers import (HERE, TINY, Pickled, author_files, folder_data, help_text, interrupt_at,
-                     run_main)
-from zskt_utils import UserError, load_checkpoint
+from helpers import (HERE, TINY, Pickled, author_files, folder_data, help_text, ignore_sigint,
+                     interrupt_at, run_main, run_printed, save_network, signal_when_held,
+                     tiny_config)
+from zskt_utils import Stopped, UserError, load_checkpoint
 
 
 def test_cli_run_writes_every_output(tmp_path, teacher_file):
@@ -116,6 +119,14 @@ def test_a_run_checkpoint_passed_as_a_model_names_the_model_file(small_shapes, t
     ("seeds", ["--seed", "7", "--seeds", "0", "1"], "--seed and --seeds contradict each other"),
     ("same_seeds", ["--seeds", "1", "1"], "repeats a seed"),
     ("file_as_arch", ["--teacher", "teacher.pt"], "a teacher's file with --teacher-checkpoint"),
+    ("text", [], "is not a PyTorch checkpoint (it is a text file)"),
+    ("temperature", ["--temperature", "0"], "--temperature must be a positive number, not 0.0"),
+    ("temperature_negative", ["--temperature", "-1"], "--temperature must be a positive number"),
+    ("mean_alone", ["--mean", ".5", ".5", ".5"], "--mean and --std go together"),
+    ("std_zero", ["--mean", "0", "0", "0", "--std", "1", "0", "1"], "--std three positive ones"),
+    ("mean_contradicts", ["--mean", ".1", ".1", ".1", "--std", ".2", ".2", ".2"],
+     "stores its own normalisation (mean (0.5021, 0.5012, 0.5004), std (0.29, 0.2902, 0.2893)), "
+     "which --mean/--std contradicts"),
 ])
 def test_bad_input_gives_one_sentence_and_exit_2(case, args, message, tmp_path, teacher_file,
                                                  capsys):
@@ -127,6 +138,8 @@ def test_bad_input_gives_one_sentence_and_exit_2(case, args, message, tmp_path, 
                                                 (0,) * 3, (1,) * 3), teacher_file)
     if case == "corrupt":
         teacher_file.write_bytes(teacher_file.read_bytes()[:5000])
+    if case == "text":
+        teacher_file.write_text("epoch,accuracy\n1,0.5\n")
     if case == "pickle":
         torch.save({"state_dict": zskt.wrn("wrn-10-1").state_dict(), "extra": Pickled()},
                    teacher_file)
@@ -154,6 +167,124 @@ def test_more_bad_input_is_one_sentence(tmp_path, teacher_file, capsys, monkeypa
                            (["--image-size", "20"], "image_size=16 (saved) vs 20 (given)")]:
         code, err = run_main(["--out", str(tmp_path / "r"), "--resume", *flags], capsys)
         assert code == 2 and message in err, err
+
+
+def test_a_network_with_fewer_than_two_outputs_is_refused_in_one_sentence(tmp_path, capsys,
+                                                                         shapes_test):
+    torch.manual_seed(0)
+    one = tmp_path / "one.pt"
+    torch.save(zskt_models.model_checkpoint(zskt.wrn("wrn-10-1", 1), "wrn-10-1", "shapes",
+                                            *zskt.MEAN_STD["shapes"]), one)
+    for command in (["--teacher-checkpoint", str(one), "--out", str(tmp_path / "r"), *TINY],
+                    ["curves", "--teacher-checkpoint", str(one), "--student-checkpoint", str(one),
+                     "--out", str(tmp_path / "r")]):
+        code, err = run_main(command, capsys)
+        assert code == 2 and "wrn-10-1) has 1 output, but zero-shot distillation" in err, err
+        assert "\n" not in err and not (tmp_path / "r").exists()
+    one_class = shapes_test._replace(classes=("only",))
+    with pytest.raises(UserError, match="the teacher .WideResNet. has 1 output"):
+        zskt_run.train_zero_shot(tiny_config(), zskt.wrn("wrn-10-1", 1), one_class, tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+    # The ETA's estimate has no curves to time for it, rather than dividing by zero.
+    net = zskt.wrn("wrn-10-1", 1)
+    assert zskt_run.curves_cost(net, net, one_class, tiny_config()).seconds() == 0
+
+
+def test_a_teacher_file_s_own_normalisation_is_used(tmp_path, capsys):
+    """Constants stored in the file win over the dataset's (shapes' differ from these)."""
+    own = (0.3, 0.4, 0.5), (0.2, 0.25, 0.3)
+    torch.manual_seed(0)
+    teacher = zskt.wrn("wrn-10-1")
+    torch.save(zskt_models.model_checkpoint(teacher, "wrn-10-1", "shapes", *own), tmp_path / "t.pt")
+    zskt_run.main(["--teacher-checkpoint", str(tmp_path / "t.pt"), "--iterations", "1", "--out",
+                   str(tmp_path / "r"), *TINY])
+    x, y, _ = zskt.load_dataset("shapes", "test")
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in own)
+    with torch.no_grad():
+        by_hand = (teacher.eval()((x.float() / 255 - mean) / std)[0].argmax(1) == y).float().mean()
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["teacher_test_acc"] == pytest.approx(by_hand.item(), abs=1e-6)
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    student = load_checkpoint(tmp_path / "r" / "student.pt")
+    for saved in (config, student):
+        assert saved["mean"] == pytest.approx(own[0]) and saved["std"] == pytest.approx(own[1])
+    assert "normalisation" not in capsys.readouterr().out  # nothing to say: the file's own
+    zskt_run.main(["curves", "--teacher-checkpoint", str(tmp_path / "t.pt"),
+                   "--student-checkpoint", str(tmp_path / "r" / "student.pt"), "--images", "2",
+                   "--steps", "2", "--out", str(tmp_path / "c")])
+    assert json.loads((tmp_path / "c" / "mte.json").read_text())["std"] == pytest.approx(own[1])
+
+
+def test_the_literature_s_teacher_runs_on_a_folder_with_the_constants_its_name_names(
+        tmp_path, monkeypatch, capsys):
+    """A user's own copy of CIFAR-10 as image files, and a weights-only cifar10_<arch>.pth: not
+    refused for the dataset's name; CIFAR-10's constants, said in one line; kept by --resume."""
+    folder_data(tmp_path / "pets")
+    torch.manual_seed(0)
+    torch.save({"state_dict": zskt.wrn("wrn-10-1", 3).state_dict()},
+               tmp_path / "cifar10_wrn10_1.pth")
+    interrupt_at(monkeypatch, zskt, "zero_shot_iteration", 1)
+    with pytest.raises(Stopped):
+        zskt_run.main(["--dataset", "folder", "--data-dir", str(tmp_path / "pets"),
+                       "--teacher-checkpoint", str(tmp_path / "cifar10_wrn10_1.pth"),
+                       "--iterations", "2", "--out", str(tmp_path / "r"), *TINY])
+    monkeypatch.undo()
+    assert ("cifar10_wrn10_1.pth: normalisation mean (0.4914, 0.4822, 0.4465), std (0.2023, "
+            "0.1994, 0.201) (the constants of cifar10, which cifar10_wrn10_1.pth names)"
+            in capsys.readouterr().out)
+    zskt_run.main(["--out", str(tmp_path / "r"), "--resume"])
+    student = load_checkpoint(tmp_path / "r" / "student.pt")
+    assert (student["mean"], student["std"]) == tuple(map(list, zskt.MEAN_STD["cifar10"]))
+    assert student["classes"] == ["blue", "green", "red"]
+
+
+def test_a_file_that_names_no_dataset_takes_mean_and_std_from_the_flags(tmp_path, monkeypatch,
+                                                                         capsys):
+    folder_data(tmp_path / "pets")
+    torch.manual_seed(0)
+    torch.save(zskt.wrn("wrn-10-1", 3).state_dict(), tmp_path / "weights.pth")
+    base = ["--dataset", "folder", "--data-dir", str(tmp_path / "pets"), "--teacher-checkpoint",
+            str(tmp_path / "weights.pth"), "--iterations", "2", "--out", str(tmp_path / "r"),
+            *TINY]
+    code, err = run_main(base, capsys)
+    assert code == 2 and "--mean R G B --std R G B" in err and not (tmp_path / "r").exists()
+    flags = ["--mean", "0.5", "0.4", "0.3", "--std", "0.2", "0.2", "0.25"]
+    interrupt_at(monkeypatch, zskt, "zero_shot_iteration", 1)
+    with pytest.raises(Stopped):
+        zskt_run.main([*base, *flags])
+    monkeypatch.undo()
+    assert "weights.pth: normalisation mean (0.5, 0.4, 0.3), std (0.2, 0.2, 0.25) (--mean/--std)" \
+        in capsys.readouterr().out
+    code, err = run_main(["--out", str(tmp_path / "r"), "--resume", "--mean", "0", "0", "0",
+                          "--std", "1", "1", "1"], capsys)
+    assert code == 2 and "mean=[0.5, 0.4, 0.3] (saved) vs [0.0, 0.0, 0.0] (given)" in err
+    zskt_run.main(["--out", str(tmp_path / "r"), "--resume"])  # config.json has them
+    student = load_checkpoint(tmp_path / "r" / "student.pt")
+    assert (student["mean"], student["std"]) == ([0.5, 0.4, 0.3], [0.2, 0.2, 0.25])
+
+
+def test_a_network_trained_on_other_classes_is_refused_naming_both(tmp_path, capsys):
+    folder_data(tmp_path / "pets")  # blue, green, red
+    torch.manual_seed(0)
+    other = tmp_path / "other.pt"
+    torch.save(zskt_models.model_checkpoint(zskt.wrn("wrn-10-1", 3), "wrn-10-1", "folder",
+                                            (.5,) * 3, (.2,) * 3, 16, classes=["a", "b", "c"]),
+               other)
+    base = ["--dataset", "folder", "--data-dir", str(tmp_path / "pets"), "--teacher-checkpoint",
+            str(other), "--iterations", "1", "--out", str(tmp_path / "r"), *TINY]
+    code, err = run_main(base, capsys)
+    assert code == 2 and f"{other} was trained on classes (a, b, c), but this run uses dataset " \
+        f"folder (image size 16, classes (blue, green, red))" in err, err
+    zskt_run.main([*base, "--allow-dataset-mismatch"])
+    student = tmp_path / "r" / "student.pt"
+    assert load_checkpoint(student)["classes"] == ["blue", "green", "red"]
+    curves = ["curves", "--dataset", "folder", "--data-dir", str(tmp_path / "pets"),
+              "--teacher-checkpoint", str(student), "--student-checkpoint", str(other),
+              "--images", "2", "--steps", "2", "--out", str(tmp_path / "c")]
+    code, err = run_main(curves, capsys)
+    assert code == 2 and f"{other} was trained on classes (a, b, c)" in err
+    zskt_run.main([*curves, "--allow-dataset-mismatch"])
+    assert (tmp_path / "c" / "mte.json").is_file()
 
 
 def test_missing_teacher_names_the_command_that_creates_it(tmp_path, capsys, monkeypatch):
@@ -293,20 +424,118 @@ def test_curves_names_and_bad_input(tmp_path, teacher_file, capsys):
     assert names == {"zero-shot", "KD+AT"}
 
 
-def test_an_interrupted_curves_run_is_started_again_by_the_same_command(tmp_path, teacher_file,
-                                                                        monkeypatch, capsys):
-    command = ["curves", "--teacher-checkpoint", str(teacher_file), "--student-checkpoint",
-               str(teacher_file), "--images", "3", "--steps", "2", "--out", str(tmp_path / "c")]
+def test_an_interrupted_curves_run_prints_the_command_that_starts_it_again(
+        tmp_path, teacher_file, monkeypatch, capsys, user_env):
+    """With the default --out: the printed command names the --out it chose, and nothing of the
+    interrupted run is left (no orphan directory)."""
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")  # relative paths, then another directory
+    shutil.copy(teacher_file, "teacher.pt")
+    command = ["curves", "--teacher-checkpoint", "teacher.pt", "--student-checkpoint",
+               "teacher.pt", "--images", "3", "--steps", "2"]
     interrupt_at(monkeypatch, zskt, "trajectory", 2)  # Ctrl-C in the curves (1: the estimate)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Stopped) as stopped:
         zskt_run.main(command)
     monkeypatch.undo()
+    message = str(stopped.value)
+    assert stopped.value.status == 130 and "SIGINT during the transition curves" in message
+    printed = message.split("start them again with: ")[1]
+    chosen = re.search(r"--out (\S+)$", printed)[1]
+    assert re.fullmatch(str(tmp_path / "work" / "runs") + r"/curves-\d{8}-\d{6}", chosen)
+    assert list((tmp_path / "work" / "runs").iterdir()) == []  # no orphan
+    run_printed(printed, tmp_path / "elsewhere", user_env)
+    saved = json.loads((Path(chosen) / "mte.json").read_text())
+    assert saved["mte"] == {"teacher": 0.0} and saved["images"] == {"teacher": 3}
+    assert sorted(p.name for p in Path(chosen).iterdir()) == ["mte.json", "teacher",
+                                                              "transition.png"]  # no .lock
+
+
+def test_an_interrupted_curves_run_in_an_existing_out_is_started_again_by_the_same_command(
+        tmp_path, teacher_file, monkeypatch, capsys):
+    command = ["curves", "--teacher-checkpoint", str(teacher_file), "--student-checkpoint",
+               str(teacher_file), "--images", "3", "--steps", "2", "--out", str(tmp_path / "c")]
+    zskt_run.main(command)
+    interrupt_at(monkeypatch, zskt, "trajectory", 2)
+    with pytest.raises(Stopped):  # --overwrite emptied it: an interrupted run is in it now
+        zskt_run.main([*command, "--overwrite"])
+    monkeypatch.undo()
     assert not (tmp_path / "c" / "mte.json").exists()
-    zskt_run.main(command)  # the same command: it starts again instead of refusing
+    capsys.readouterr()
+    zskt_run.main(command)  # the same command without --overwrite: it starts again
     assert "holds an interrupted curves run; starting it again" in capsys.readouterr().out
     assert json.loads((tmp_path / "c" / "mte.json").read_text())["mte"] == {"teacher": 0.0}
     code, err = run_main(command, capsys)  # a finished one is still protected
     assert code == 2 and "already holds files; pass --overwrite" in err
+
+
+@pytest.mark.parametrize("hold,message", [
+    (("zskt", "agreeing_images", 1), "interrupted"),  # loading: run_cli's handler
+    (("zskt", "trajectory", 2), "SIGINT during the transition curves")])  # the curves' own
+def test_curves_started_with_sigint_ignored_stop_on_sigint(hold, message, tmp_path, teacher_file):
+    """A background job of a script starts with SIGINT ignored; `kill -INT` still stops it, as
+    Ctrl-C stops a foreground one (run_cli)."""
+    code, out, err = signal_when_held(
+        hold, "zskt.py", ["curves", "--teacher-checkpoint", teacher_file, "--student-checkpoint",
+                          teacher_file, "--images", "3", "--steps", "2", "--out",
+                          tmp_path / "c"], signal.SIGINT, tmp_path, preexec_fn=ignore_sigint)
+    assert code == 130 and err.strip().splitlines()[-1].startswith(message), err
+    assert "Traceback" not in err and not (tmp_path / "c").exists()
+
+
+def test_curves_into_an_existing_out_are_refused_before_anything_is_loaded(
+        tmp_path, teacher_file, monkeypatch, capsys):
+    command = ["curves", "--teacher-checkpoint", str(teacher_file), "--student-checkpoint",
+               str(teacher_file), "--images", "2", "--steps", "2", "--out", str(tmp_path / "c")]
+    zskt_run.main(command)
+    monkeypatch.setattr(zskt_models, "load_model", lambda *a, **k: pytest.fail("loaded"))
+    code, err = run_main(command, capsys)
+    assert code == 2 and "already holds files" in err
+    code, err = run_main(["--teacher-checkpoint", str(teacher_file), "--out",
+                          str(tmp_path / "c")], capsys)  # and zskt.py alike
+    assert code == 2 and "already holds files; pass --resume" in err
+
+
+def test_mte_json_records_absolute_resolved_paths(tmp_path, teacher_file, monkeypatch):
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    shutil.copy(teacher_file, "t.pt")
+    zskt_run.main(["curves", "--teacher-checkpoint", "./t.pt", "--student-checkpoint",
+                   "../work/t.pt", "--images", "2", "--steps", "2"])
+    found, = (tmp_path / "work" / "runs").glob("curves-*/mte.json")
+    saved = json.loads(found.read_text())
+    t = str(tmp_path.resolve() / "work" / "t.pt")
+    assert saved["teacher_checkpoint"] == t and saved["student_checkpoint"] == [t]
+    assert saved["files"] == {"t": t} and saved["out"] == str(found.parent.resolve())
+    assert saved["data_dir"] == str(tmp_path.resolve() / "work" / "data")
+    assert saved["mean"] == pytest.approx(zskt.MEAN_STD["shapes"][0])  # the file's own
+
+
+def test_curves_use_the_targets_asked_for(tmp_path, teacher_file, shapes_test):
+    """--mte-targets predicted skips the class both networks predict, label the true label:
+    the curves written equal Algorithm 2 computed with those targets (a random teacher predicts
+    other classes than the labels, so the two differ)."""
+    torch.manual_seed(1)
+    student, _ = zskt_models.load_model(teacher_file)
+    with torch.no_grad():
+        for w in student.parameters():
+            w.add_(0.01 * torch.randn_like(w))
+    save_network(student, "wrn-10-1", tmp_path / "s.pt")
+    teacher, _ = zskt_models.load_model(teacher_file)
+    test = zskt.TestSet(*zskt.load_dataset("shapes", "test"), *zskt.MEAN_STD["shapes"])
+    x, y, shared = zskt.agreeing_images(student, teacher, test, 4)
+    assert (shared != y).any()
+    for targets, labels in (("predicted", None), ("label", y)):
+        zskt_run.main(["curves", "--teacher-checkpoint", str(teacher_file), "--student-checkpoint",
+                       str(tmp_path / "s.pt"), "--images", "4", "--steps", "3", "--mte-targets",
+                       targets, "--out", str(tmp_path / targets)])
+        p_s, p_o = zskt.transition_curves(student, teacher, x, steps=3, labels=labels)
+        with np.load(tmp_path / targets / "s" / "curves.npz") as f:
+            assert np.allclose(f["p_stepped"], p_s.numpy(), atol=1e-6)
+            assert np.allclose(f["p_observed"], p_o.numpy(), atol=1e-6)
+        assert json.loads((tmp_path / targets / "mte.json").read_text())["mte_targets"] == targets
+    with np.load(tmp_path / "label" / "s" / "curves.npz") as a, \
+            np.load(tmp_path / "predicted" / "s" / "curves.npz") as b:
+        assert not np.allclose(a["p_stepped"], b["p_stepped"])
 
 
 def test_a_model_file_from_the_checkpoint_after_loading_keeps_its_weights(tmp_path):

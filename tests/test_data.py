@@ -1,4 +1,8 @@
-"""Tests of the data: the built-in shapes (zskt_shapes.py) and image folders (zskt.load_folder)."""
+"""Tests of the data: the built-in shapes (zskt_shapes.py), image folders (zskt.load_folder) and
+torchvision's files (zskt.load_dataset)."""
+import urllib.error
+import urllib.request
+
 import pytest
 import torch
 
@@ -69,3 +73,76 @@ def test_a_folder_without_its_splits_says_what_it_needs(tmp_path):
         zskt.load_dataset("folder", "train", tmp_path / "pets")
     with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
         zskt.load_dataset("mnist", "train")
+
+
+def files_under(root):
+    return sorted(p.relative_to(root) for p in root.rglob("*"))
+
+
+def test_a_folder_with_one_class_is_refused_in_both_scripts(tmp_path, monkeypatch, capsys):
+    """One class gives a network with one output: a loss of 0 and 100 % whatever it learns, then
+    nothing to distil. Refused in one sentence, exit status 2, no directory left by either script
+    (with their default --out, from the user's folder)."""
+    folder_data(tmp_path / "pets")
+    for split in ("train", "test"):
+        for name in ("green", "blue"):
+            for f in (tmp_path / "pets" / split / name).iterdir():
+                f.unlink()
+            (tmp_path / "pets" / split / name).rmdir()
+    with pytest.raises(ValueError, match=r"--dataset folder needs at least two classes, but "
+                                         r".*pets/train holds one class folder, red; add a folder "
+                                         r"of images for each other class"):
+        zskt.load_dataset("folder", "test", tmp_path / "pets")
+    teacher = save_network(zskt.wrn("wrn-10-1", 2), "wrn-10-1", tmp_path / "t.pt", "folder")
+    monkeypatch.chdir(tmp_path)
+    before = files_under(tmp_path)
+    for main, flags in ((tt.main, ["--arch", "wrn-10-1"]),
+                        (zskt_run.main, ["--teacher-checkpoint", str(teacher)])):
+        code, err = run_main(["--dataset", "folder", "--data-dir", "pets", *flags], capsys, main)
+        assert code == 2 and "needs at least two classes" in err and len(err.splitlines()) == 1
+        assert files_under(tmp_path) == before
+
+
+def test_a_test_class_missing_from_train_is_refused_by_name(tmp_path, capsys):
+    """train/{blue,green,red} and test/{blue,green,red,zebra}: the images of test/zebra would
+    count for no class (the networks have outputs for train's classes only), so they would
+    vanish from the accuracy; refused, naming the folder, before anything is trained."""
+    folder_data(tmp_path / "pets")
+    (tmp_path / "pets" / "test" / "zebra").mkdir()
+    for f in (tmp_path / "pets" / "test" / "red").iterdir():
+        (tmp_path / "pets" / "test" / "zebra" / f.name).write_bytes(f.read_bytes())
+    assert len(zskt.load_dataset("folder", "train", tmp_path / "pets")[0]) == 24  # train is whole
+    message = (f"{tmp_path / 'pets' / 'test' / 'zebra'}: no class folder of that name in "
+               f"{tmp_path / 'pets' / 'train'}, so the networks have no output for its images; "
+               f"add the class to {tmp_path / 'pets' / 'train'} or remove the folder from "
+               f"{tmp_path / 'pets' / 'test'}")
+    with pytest.raises(ValueError) as e:
+        zskt.load_dataset("folder", "test", tmp_path / "pets")
+    assert str(e.value) == message
+    code, err = run_main(["--dataset", "folder", "--data-dir", str(tmp_path / "pets"), "--arch",
+                          "wrn-10-1", "--out", str(tmp_path / "run")], capsys, tt.main)
+    assert code == 2 and err == f"error: {message}" and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("dataset,name", [
+    ("cifar10", "cifar-10-batches-py/data_batch_1"), ("cifar10", "cifar-10-python.tar.gz"),
+    ("cifar100", "cifar-100-python/test"), ("svhn", "test_32x32.mat")])
+def test_files_that_fail_the_checksum_are_called_corrupt_not_missing(tmp_path, monkeypatch,
+                                                                     dataset, name):
+    """A download cut short leaves a file of the right name and the wrong content: torchvision
+    refuses it ("not found or corrupted") and, offline, cannot fetch it again. The user is told
+    which file it is and to delete it, not that the data is missing."""
+    def offline(*a, **k):  # every download of torchvision's goes through urlopen
+        raise urllib.error.URLError("no network")
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / name).write_bytes(b"the first bytes of a download that stopped")
+    with pytest.raises(ValueError) as e:
+        zskt.load_dataset(dataset, "test", tmp_path)
+    message = str(e.value)
+    assert message.startswith(f"{tmp_path / name} failed torchvision's checksum (corrupt or "
+                              f"incomplete) and could not be downloaded again (")
+    assert "delete it and run again to download it, or put a fresh " in message
+    (tmp_path / name).unlink()  # without the file: missing, as before
+    with pytest.raises(FileNotFoundError, match=f"{dataset} is not in .* could not be downloaded"):
+        zskt.load_dataset(dataset, "test", tmp_path)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from hypothesis import given, settings, strategies as st
 
@@ -26,6 +27,84 @@ def test_the_published_layouts_are_kept_exactly(name, entries):
     layout = {k: list(v.shape) for k, v in zskt_models.build(name).state_dict().items()}
     assert len(LAYOUTS[name]) == entries
     assert list(layout.items()) == list(LAYOUTS[name].items())
+
+
+def batch_norm(sd, key, h, training):
+    return F.batch_norm(h, sd[key + ".running_mean"].clone(), sd[key + ".running_var"].clone(),
+                        sd[key + ".weight"], sd[key + ".bias"], training, 0.1, 1e-5)
+
+
+def dafl_resnet_forward(sd, x, training):
+    """DAFL's resnet.py, as zju-vipa/CMI's datafree/models/classifiers/resnet.py runs it, written
+    out as functions of a state dict: stem conv-BN-ReLU; in each BasicBlock conv-BN-ReLU-conv-BN,
+    plus the shortcut (1x1 conv + BN where present), and only then the ReLU; stage strides
+    1/2/2/2; global average pool; `linear`. Returns (logits, the four stage outputs)."""
+    h = F.relu(batch_norm(sd, "bn1", F.conv2d(x, sd["conv1.weight"], padding=1), training))
+    maps = []
+    for stage in range(1, 5):
+        blocks = sorted({int(k.split(".")[1]) for k in sd if k.startswith(f"layer{stage}.")})
+        for b in blocks:
+            p, stride = f"layer{stage}.{b}.", 2 if stage > 1 and b == 0 else 1
+            out = F.conv2d(h, sd[p + "conv1.weight"], stride=stride, padding=1)
+            out = F.relu(batch_norm(sd, p + "bn1", out, training))
+            out = batch_norm(sd, p + "bn2", F.conv2d(out, sd[p + "conv2.weight"], padding=1),
+                             training)
+            if p + "shortcut.0.weight" in sd:
+                h = batch_norm(sd, p + "shortcut.1",
+                               F.conv2d(h, sd[p + "shortcut.0.weight"], stride=stride), training)
+            h = F.relu(out + h)
+        maps.append(h)
+    pooled = F.adaptive_avg_pool2d(h, 1).flatten(1)
+    return F.linear(pooled, sd["linear.weight"], sd["linear.bias"]), maps
+
+
+def repdistiller_vgg_forward(sd, x, training):
+    """RepDistiller's models/vgg.py (vgg11_bn) written out as functions of a state dict: in each
+    block conv3x3 (with bias) + BN, a ReLU between them and none after the last; then ReLU and a
+    2x2 max-pool after blocks 0-2 (and 3 at 64x64); global average pool; `classifier`. Returns
+    (logits, the five block outputs before their ReLU)."""
+    h, maps = x, []
+    for i in range(5):
+        convs = sorted({int(k.split(".")[1]) for k, v in sd.items()
+                        if k.startswith(f"block{i}.") and v.dim() == 4})
+        for j, c in enumerate(convs):  # Sequential indices: conv c, its BN c + 1
+            h = F.relu(h) if j else h
+            h = F.conv2d(h, sd[f"block{i}.{c}.weight"], sd[f"block{i}.{c}.bias"], padding=1)
+            h = batch_norm(sd, f"block{i}.{c + 1}", h, training)
+        maps.append(h)
+        h = F.relu(h)
+        if i < 3 or (i == 3 and x.shape[2] == 64):
+            h = F.max_pool2d(h, 2, 2)
+    pooled = F.adaptive_avg_pool2d(h, 1).flatten(1)
+    return F.linear(pooled, sd["classifier.weight"], sd["classifier.bias"]), maps
+
+
+@pytest.mark.parametrize("name,training,size", [
+    ("resnet18", False, 32), ("resnet34", False, 32), ("resnet18", True, 32),
+    ("vgg11", False, 32), ("vgg11", True, 32), ("vgg11", False, 64)])
+def test_the_literature_networks_compute_what_their_published_code_computes(name, training, size):
+    """A published teacher loads into these networks by its keys: the forward must then be the
+    published one, or the teacher computes other logits. Against the published forwards written
+    out, in float64, with non-trivial BatchNorm statistics and affine parameters, in eval mode
+    (a teacher) and in train mode (a student)."""
+    torch.manual_seed(0)
+    net = zskt_models.build(name, 7).double().train(training)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, .3)
+                m.running_var.uniform_(.5, 2)
+                m.weight.normal_(1, .2)
+                m.bias.normal_(0, .2)
+        sd = {k: v.clone() for k, v in net.state_dict().items()}
+        x = torch.randn(3, 3, size, size, dtype=torch.float64)
+        logits, maps = net(x)
+        forward = repdistiller_vgg_forward if name == "vgg11" else dafl_resnet_forward
+        ref_logits, ref_maps = forward(sd, x, training)
+    assert torch.allclose(logits, ref_logits, rtol=0, atol=1e-9) and logits.shape == (3, 7)
+    assert len(maps) == len(ref_maps)
+    for a, r in zip(maps, ref_maps):
+        assert a.shape == r.shape and torch.allclose(a, r, rtol=0, atol=1e-9)
 
 
 LITERATURE_NAMES = {"wrn-40-2": "wrn40_2", "wrn-16-1": "wrn16_1"}  # their spelling

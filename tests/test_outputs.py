@@ -4,8 +4,9 @@ import copy
 import dataclasses
 import json
 import math
+import re
 import time
-import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +19,9 @@ import zskt_run
 import zskt_shapes
 from author_reference import author_transition_curves
 from hand import hand_normalize, np_at, np_kl
-from helpers import TINY, interrupt_at, metrics, stopped_command, text_outside, tiny_config
+from helpers import (TINY, interrupt_at, metrics, stopped_command, text_outside, tiny_config,
+                     tiny_run)
+from zskt_utils import load_checkpoint
 
 
 class Recorder:
@@ -70,7 +73,8 @@ class Recorder:
                 + beta * np_at(s_last["maps"], pseudo["maps"]),
                 "teacher_confidence": top(pseudo["logits"]),
                 "student_confidence": top(s_last["logits"]),
-                "classes": np.bincount(pseudo["logits"].argmax(1), minlength=10)})
+                "classes": np.bincount(pseudo["logits"].argmax(1),
+                                       minlength=pseudo["logits"].shape[1])})
         return values
 
 
@@ -180,6 +184,55 @@ def test_every_summary_field_against_an_independent_computation(tmp_path, shapes
     assert f"mean transition error (MTE)  {mte:.3f} (N = 3 images, K = 2 steps, xi = 1)" in out
 
 
+def test_the_mte_gives_the_n_of_the_images_it_stands_on_not_the_n_asked_for(tmp_path,
+                                                                          shapes_test, capsys):
+    """All 60 test images asked for, fewer agree: summary.json, curves.npz and the report give
+    the N of the agreeing images, which the MTE averages over (Section 4.4)."""
+    asked = 60
+    test = shapes_test._replace(images=shapes_test.images[:asked],
+                                labels=shapes_test.labels[:asked])
+    tiny_run(dict(iterations=2, mte_images=asked), test, tmp_path / "r")
+    teacher = zskt_models.load_model(tmp_path / "r" / "teacher.pt")[0]
+    student = zskt_models.load_model(tmp_path / "r" / "student.pt")[0]
+    mte, n = independent_mte(student, teacher.eval(), test, asked, 2)
+    assert 0 < n < asked  # the case this test is about: fewer agree than were asked for
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["mte_images"] == n and summary["mte"] == pytest.approx(mte, rel=1e-4)
+    assert len(np.load(tmp_path / "r" / "curves.npz")["p_stepped"]) == n
+    capsys.readouterr()
+    zskt_run.print_report([summary], tmp_path / "r")
+    assert f"{mte:.3f} (N = {n} images, K = 2 steps, xi = 1)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("n_classes", [3, 100])
+def test_the_last_pseudo_batch_is_counted_over_the_teachers_own_classes(n_classes, tmp_path,
+                                                                        shapes_test,
+                                                                        monkeypatch):
+    """A teacher of a 3-class image folder and one as wide as CIFAR-100: summary.json counts the
+    teacher's classes on the last pseudo batch over its own classes, and metrics.csv has one
+    column per class; CIFAR-10's 10 would give a list too long for one, too short for the
+    other."""
+    recorder = Recorder(monkeypatch)
+    test = shapes_test._replace(labels=shapes_test.labels % n_classes,
+                                classes=tuple(f"class{c}" for c in range(n_classes)))
+    torch.manual_seed(0)
+    cfg = tiny_config(iterations=3, log_every=3, mte_images=0)
+    zskt_run.train_zero_shot(cfg, zskt.wrn("wrn-10-1", n_classes), test, tmp_path / "r")
+    pseudo = [r for r in recorder.iterations[-1]["teacher"] if not r["grad"]][-1]
+    counts = np.bincount(pseudo["logits"].argmax(1), minlength=n_classes)
+    assert len(counts) == n_classes and counts.sum() == cfg.batch_size
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["teacher_classes_last_pseudo_batch"] == counts.tolist()
+    assert len(summary["student_per_class_acc"]) == n_classes
+    (row,) = metrics(tmp_path / "r" / "metrics.csv")
+    fractions = np.sum([v["classes"] for v in recorder.per_iteration(cfg.beta)], 0) / (
+        cfg.batch_size * cfg.iterations)
+    columns = sorted((k for k in row if k.startswith("teacher_class_")),
+                     key=lambda k: int(k.rsplit("_", 1)[1]))
+    assert columns == [f"teacher_class_{c}" for c in range(n_classes)]
+    assert [float(row[k]) for k in columns] == pytest.approx(fractions.tolist(), abs=1e-6)
+
+
 def test_resumed_runs_log_the_same_interval_means(tmp_path, shapes_test, monkeypatch):
     """Stopped inside the interval 3-4 and resumed: its row still averages iterations 3 and 4."""
     run_and_record(tmp_path, shapes_test, monkeypatch, name="a")
@@ -215,6 +268,40 @@ def test_aggregate_is_the_mean_and_population_std_of_the_seeds(tmp_path, teacher
                f"{s['mte_images']} images, K = 2 steps, xi = 1)" in out
 
 
+def test_a_seed_without_an_mte_is_left_out_of_the_mte_aggregate(tmp_path, teacher_file,
+                                                               monkeypatch, capsys):
+    """Seed 1's student agrees with the teacher on no test image, so it has no MTE: aggregate.json
+    gives the mean and population std of seeds 0 and 2 with n = 2, and the report those numbers
+    and "n/a" for seed 1, never nan."""
+    seeds, run, agreeing = [], zskt_run.train_zero_shot, zskt.agreeing_images
+
+    def seed_run(cfg, *args, **kwargs):
+        seeds.append(cfg.seed)
+        return run(cfg, *args, **kwargs)
+
+    def none_for_seed_1(*args, **kwargs):
+        x, y, shared = agreeing(*args, **kwargs)
+        return (x[:0], y[:0], shared[:0]) if seeds[-1] == 1 else (x, y, shared)
+    monkeypatch.setattr(zskt_run, "train_zero_shot", seed_run)
+    monkeypatch.setattr(zskt, "agreeing_images", none_for_seed_1)
+    zskt_run.main(["--teacher-checkpoint", str(teacher_file), "--iterations", "2", "--seeds", "0",
+                   "1", "2", "--out", str(tmp_path / "runs"), *TINY])
+    assert seeds == [0, 1, 2]
+    summaries = [json.loads((tmp_path / "runs" / f"seed{s}" / "summary.json").read_text())
+                 for s in range(3)]
+    assert summaries[1]["mte"] is None and summaries[1]["mte_images"] == 0
+    mtes = np.array([summaries[s]["mte"] for s in (0, 2)])
+    agg = json.loads((tmp_path / "runs" / "aggregate.json").read_text())
+    assert agg["mte"] == {"mean": pytest.approx(mtes.mean()), "std": pytest.approx(mtes.std()),
+                          "n": 2}
+    assert agg["student_test_acc"]["n"] == 3
+    out = capsys.readouterr().out
+    assert not re.search(r"\bnan\b", out, re.I), out
+    assert f"mean transition error (MTE)  {mtes.mean():.3f} +- {mtes.std():.3f} (mean +- " \
+           f"population std over 2 seeds)" in out
+    assert f"seed 1: student {summaries[1]['student_test_acc']:.2%}, MTE n/a" in out
+
+
 def test_without_transition_curves_the_run_says_why_and_writes_none(tmp_path, teacher_file, capsys):
     zskt_run.main(["--teacher-checkpoint", str(teacher_file), "--iterations", "2", "--out",
                    str(tmp_path / "r"), *TINY, "--mte-images", "0"])
@@ -227,23 +314,6 @@ def test_without_transition_curves_the_run_says_why_and_writes_none(tmp_path, te
     summary = json.loads((tmp_path / "r" / "summary.json").read_text(), parse_constant=lambda c:
                          pytest.fail(f"summary.json holds {c}, which is not JSON"))
     assert summary["mte"] is None and summary["mte_images"] == 0
-
-
-def test_the_eta_counts_the_curves_of_the_images_the_test_split_has(shapes_test, monkeypatch):
-    """A folder's test split of 90 images gives the curves of at most 90 images, not 1,000."""
-    timed = []
-    original = zskt.transition_curves
-    monkeypatch.setattr(zskt, "transition_curves", lambda *a, **k: timed.append(len(a[2])) or
-                        original(*a, **k))
-    torch.manual_seed(0)
-    a, b = zskt.wrn("wrn-10-1"), zskt.wrn("wrn-10-1")
-    small = shapes_test._replace(images=shapes_test.images[:90], labels=shapes_test.labels[:90])
-    clock = types.SimpleNamespace(time=iter(range(0, 1000, 10)).__next__)  # 10 s per call
-    monkeypatch.setattr(zskt_run, "time", clock)
-    cfg = zskt.Config(mte_images=1000, mte_steps=100)
-    seconds = zskt_run.transition_seconds(a, b, small, cfg)
-    batches = math.ceil(90 * 9 / zskt.CHUNK)  # 90 images x 9 targets, in batches of CHUNK
-    assert seconds == pytest.approx(10 / 2 * 100 * batches) and timed == [min(90, zskt.CHUNK // 9)]
 
 
 def test_curves_report_the_images_they_used(tmp_path, teacher_file, capsys, small_shapes):
@@ -268,6 +338,83 @@ def test_figures_keep_their_texts_inside(tmp_path):
                                        torch.rand(64), zskt_shapes.CLASSES)]
     for fig in figures:
         assert text_outside(fig) == []
+
+
+@pytest.fixture(scope="module")
+def drawn_grids(tmp_path_factory, shapes_test):
+    """A tiny run of 4 iterations, logged every 2, with what each sample grid it drew was given:
+    (the calls of plot_samples, the run directory)."""
+    calls, out, original = [], tmp_path_factory.mktemp("grids") / "r", zskt_plots.plot_samples
+
+    def record(images, classes, confidences, names, path=None, **kwargs):
+        calls.append(dict(images=images.clone(), classes=classes.clone(),
+                          confidences=confidences.clone(), path=Path(path), **kwargs))
+        return original(images, classes, confidences, names, path, **kwargs)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(zskt_plots, "plot_samples", record)
+        tiny_run(dict(iterations=4), shapes_test, out)
+    return calls, out
+
+
+def test_sample_grids_show_the_images_the_student_trains_on(drawn_grids):
+    """The last grid against the final generator run by hand on the run's fixed z in train mode
+    (batch statistics, as it makes the pseudo batches of Algorithm 1), and the teacher's class and
+    probability on each image."""
+    calls, out = drawn_grids
+    assert [c["path"].name for c in calls] == ["samples_000002.png", "samples_000004.png"]
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["iteration"] == 4  # the weights the last grid was drawn with
+    cfg = tiny_config()
+    generator = zskt.Generator(cfg.z_dim, 16)
+    generator.load_state_dict(state["generator"])
+    z = torch.randn(64, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed))
+    with torch.no_grad():
+        x = generator.train()(z)
+        assert (generator.eval()(z) - x).abs().max() > 0.5  # the two modes differ here
+        p = zskt_models.load_model(out / "teacher.pt")[0].eval()(x)[0].double().softmax(1)
+    mean, std = (np.array(v)[None, :, None, None] for v in zskt.MEAN_STD["shapes"])
+    expected = np.clip(x.double().numpy() * std + mean, 0, 1)
+    last = calls[-1]
+    assert np.abs(last["images"].double().numpy() - expected).max() < 1e-5
+    assert torch.equal(last["classes"], p.argmax(1))
+    assert last["confidences"].double().numpy() == pytest.approx(p.amax(1).numpy(), abs=1e-5)
+
+
+def test_sample_grids_of_a_run_name_the_iteration_and_whose_labels_they_show(drawn_grids):
+    calls, _ = drawn_grids
+    for call, iteration in zip(calls, (2, 4)):
+        title = call.get("title") or ""
+        assert f"iteration {iteration}" in title and "teacher" in title, title
+
+
+def test_a_sample_grid_title_sits_above_the_images_inside_the_figure():
+    images, classes = torch.rand(16, 3, 16, 16), torch.arange(16) % 10
+    title = "iteration 750: the teacher's class and probability"
+    fig = zskt_plots.plot_samples(images, classes, torch.rand(16), zskt_shapes.CLASSES,
+                                  title=title)
+    (text,) = [t for t in fig.texts if t.get_text() == title]
+    assert text_outside(fig) == []
+    renderer = fig.canvas.get_renderer()
+    grid = fig.axes[0].get_window_extent(renderer)
+    assert text.get_window_extent(renderer).y0 >= grid.y1 - 1  # above the images, not on them
+    plain = zskt_plots.plot_samples(images, classes, torch.rand(16), zskt_shapes.CLASSES)
+    assert plain.texts == [] and tuple(plain.get_size_inches()) == pytest.approx((8.8, 2.2))
+
+
+@pytest.mark.parametrize("panels", [1, 2])
+def test_the_transition_legend_covers_no_curve(panels):
+    """A KD+AT student's curve climbs through the upper left within a few steps while its
+    teacher's lies along the bottom (Figure 4): the legend sits outside every panel."""
+    k = torch.arange(30.0)
+    fast = (1 - torch.exp(-k / 1.5)).expand(4, 9, 30)
+    fig = zskt_plots.plot_transition_curves([("KD+AT", fast, fast / 20)] * panels)
+    legends = fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+    assert [t.get_text() for t in legends[0].get_texts()] == ["stepped", "observed (teacher)"]
+    assert text_outside(fig) == []  # draws the figure
+    renderer = fig.canvas.get_renderer()
+    for legend in legends:
+        box = legend.get_window_extent(renderer)
+        assert not any(box.overlaps(ax.get_window_extent(renderer)) for ax in fig.axes)
 
 
 def test_sample_grids_name_what_the_teacher_sees():

@@ -4,10 +4,12 @@ import io
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -51,10 +53,84 @@ def test_the_paper_plans_list_every_run_once_in_dependency_order(tmp_path):
     teacher = tmp_path / "r" / "runs" / "cifar10" / "scratch-wrn-40-2-seed0" / "model.pt"
     assert "--distill-from " + str(teacher) in text
     assert text.count("zskt.py curves") == 2 and text.count("--finetune-from") == 30
-    assert all(line.startswith(f"{sys.executable} {HERE}/") for line in lines)  # this interpreter
+    interpreter = f"{sys.executable} {HERE}/"  # this interpreter, for the curves after a test
+    assert all(line.startswith(interpreter) or line.startswith("if [ -f ") and
+               f"; else {interpreter}zskt.py curves " in line for line in lines)
     stage1 = listed("all", "--results", str(tmp_path / "r"), "--stage", "1")
     assert stage1 and all("train_teacher.py" in line and "--distill-from" not in line and
                           "--finetune-from" not in line for line in stage1)
+
+
+def plan_runs(plan, results):
+    """{run name: (its flags as a dict, the names of the runs it comes after)} of a plan at paper
+    scale, read off the lines --list prints."""
+    lines, runs, names = listed(plan, "--results", str(results)), {}, []
+    for line in lines:
+        command, comment = line.split("  # [")
+        words = shlex.split(command.split("; else ")[-1].removesuffix("; fi"))
+        flags, key = {}, None
+        for word in words[2:]:
+            if word.startswith("--"):
+                key = word
+                flags[key] = []
+            elif key:
+                flags[key].append(word)
+        names.append(str(Path(flags["--out"][0]).relative_to(results / "runs")))
+        after = re.search(r"after (.*)$", comment)
+        runs[names[-1]] = ({k: " ".join(v) for k, v in flags.items()},
+                           [names[int(i) - 1] for i in after[1].split(", ")] if after else [])
+    return runs
+
+
+# The paper's pairs of Table 1 (teacher, student), and the M of its KD+AT column: 200 images per
+# class. Table 2's KD+AT student takes Table 1's M, the paper giving none (docs/reproducing.md).
+TABLE1_PAIRS = [("wrn-16-2", "wrn-16-1"), ("wrn-40-1", "wrn-16-1"), ("wrn-40-2", "wrn-16-1"),
+                ("wrn-40-1", "wrn-16-2"), ("wrn-40-2", "wrn-16-2"), ("wrn-40-2", "wrn-40-1")]
+KDAT_M = 200
+
+
+def test_the_paper_scale_kdat_students_of_tables_1_and_2_see_200_images_per_class(tmp_path):
+    """Every KD+AT run of Table 1 (6 pairs x 3 seeds) and Table 2's (per dataset) distils from
+    its pair's seed-0 teacher with M = 200, and Table 2's curves are of that student."""
+    results = tmp_path / "r"
+    table1 = plan_runs("table1", results)
+    kdat = {name: flags for name, (flags, _) in table1.items() if "--distill-from" in flags}
+    expected = {f"cifar10/kdat-{t}-{st}-m{KDAT_M}-seed{seed}": (t, st, seed)
+                for t, st in TABLE1_PAIRS for seed in (0, 1, 2)}
+    assert set(kdat) == set(expected)
+    for name, (t, st, seed) in expected.items():
+        flags = kdat[name]
+        assert (flags["--samples-per-class"], flags["--arch"], flags["--seed"]) == \
+               (str(KDAT_M), st, str(seed)), name
+        assert flags["--distill-from"] == str(
+            results / "runs" / "cifar10" / f"scratch-{t}-seed0" / "model.pt")
+    table2 = plan_runs("table2", results)
+    for ds in ("cifar10", "svhn"):
+        flags, after = table2[f"{ds}/mte"]
+        kd = f"{ds}/kdat-wrn-40-2-wrn-16-1-m{KDAT_M}-seed0"
+        assert kd in after and str(results / "runs" / kd / "model.pt") in \
+            flags["--student-checkpoint"]
+        assert table2[kd][0]["--samples-per-class"] == str(KDAT_M)
+
+
+def test_figure2_fine_tunes_each_seeds_own_zero_shot_student(tmp_path):
+    """Figure 2, per dataset, M and seed: the zero-shot student of that seed fine-tuned on M
+    images per class, beside KD+AT and a student without a teacher of the same seed and M."""
+    results = tmp_path / "r"
+    runs = plan_runs("figure2", results)
+    for ds in ("cifar10", "svhn"):
+        for seed in (0, 1, 2):
+            start = f"{ds}/zeroshot-wrn-40-2-wrn-16-1-seed{seed}"
+            assert runs[start][0]["--seed"] == str(seed)
+            for m in (10, 25, 50, 75, 100):  # Figure 2's M > 0
+                flags, after = runs[f"{ds}/finetune-wrn-40-2-wrn-16-1-m{m}-seed{seed}"]
+                assert flags["--finetune-from"] == str(results / "runs" / start / "student.pt")
+                assert start in after
+                for kind in ("finetune", "kdat", "scratch"):
+                    pattern = rf"{ds}/{kind}-(wrn-40-2-)?wrn-16-1-m{m}-seed{seed}"
+                    (found,) = [f for n, (f, _) in runs.items() if re.fullmatch(pattern, n)]
+                    assert (found["--seed"], found["--samples-per-class"]) == (str(seed), str(m))
+    assert sum("--finetune-from" in flags for flags, _ in runs.values()) == 2 * 3 * 5
 
 
 def test_the_cifar100_plan_distils_the_literature_pairs(tmp_path):
@@ -130,6 +206,46 @@ def test_a_stage_runs_alone_and_waits_for_the_stages_before(tmp_path, capsys, sh
     assert code == 2 and "--stage 7: the plan table2 has stages 1..3" in err
 
 
+def test_a_listed_curves_line_skips_a_finished_run_and_starts_an_interrupted_one_again(
+        tmp_path, short_test_split):
+    """The stage-3 line of Table 2, run by a scheduler a second time, leaves the finished curves
+    as they are; run after an interruption (which leaves .unfinished and no mte.json), it
+    computes them again. No --overwrite: nothing finished is ever recomputed."""
+    results = tmp_path / "r"
+    reproduce.main(["table2", "--smoke", "--in-process", "--results", str(results)])
+    (line,) = listed("table2", "--smoke", "--results", str(results), "--stage", "3")
+    assert "--overwrite" not in line
+    folder = results / "runs" / "shapes" / "mte"
+    finished = (folder / "mte.json").read_bytes()
+    r = subprocess.run(line, shell=True, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert f"{folder} finished earlier" in r.stdout
+    assert (folder / "mte.json").read_bytes() == finished
+    (folder / "mte.json").unlink()
+    (folder / ".unfinished").touch()
+    r = subprocess.run(line, shell=True, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (folder / "mte.json").is_file() and not (folder / ".unfinished").exists()
+    assert json.loads((folder / "mte.json").read_text())["images"]
+
+
+def test_what_the_scripts_write_by_default_is_ignored_by_git(monkeypatch):
+    """reproduce.py's default --results (results/<scale>), the runs, checkpoints and datasets of
+    the other scripts: none of it shows up in `git status`."""
+    if not (HERE / ".git").exists():
+        pytest.skip("not a git checkout")
+    monkeypatch.chdir(HERE)
+    outs = [Path(re.search(r"--out (\S+)", line)[1]) for line in listed("table2")]
+    written = [str(p.relative_to(HERE) / "model.pt") for p in outs] + [
+        "results/paper/table2.md", "results/tiny/figure2.png", "runs/toy/toy.png",
+        "runs/quick/summary.json", "checkpoints/shapes-wrn-16-1.pt",
+        "data/cifar-10-python.tar.gz"]
+    assert all(w.startswith("results/paper/runs/") for w in written[:len(outs)])
+    r = subprocess.run(["git", "check-ignore", "--no-index", *written], cwd=HERE,
+                       capture_output=True, text=True)
+    assert sorted(r.stdout.split()) == sorted(written), r.stderr
+
+
 def test_reproduce_survives_a_kill_at_any_point(tmp_path):
     """The real thing: a subprocess per run, killed (SIGKILL, no cleanup) in the middle of a run,
     then started again until it finishes."""
@@ -166,7 +282,8 @@ def test_reproduce_refuses_mixed_results_and_reports_failed_runs(tmp_path, capsy
     code, err = run_main(["table2", "--smoke", "--in-process", "--results", str(results)], capsys,
                          reproduce.main)
     assert code == 2 and "runs did not finish" in err
-    assert "shapes/zeroshot-wrn-40-2-wrn-16-1-seed0 (error: " in err and "is truncated" in err
+    # the run's own sentence, which names the unreadable file
+    assert f"shapes/zeroshot-wrn-40-2-wrn-16-1-seed0 (error: {teacher / 'model.pt'} " in err
     assert "log: " + str(results / "logs") in err and "blocked: needs" in err
     assert "missing" in (results / "table2.md").read_text()  # never a number
 

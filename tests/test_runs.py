@@ -1,6 +1,7 @@
 """Tests of a zero-shot run (zskt_run.py): checkpoints, resume equal to an uninterrupted run,
 signals, locks, no wait for the device between log steps, config.json with other fields."""
 import copy
+import io
 import json
 import math
 import os
@@ -8,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +20,8 @@ import zskt
 import zskt_models
 import zskt_run
 import zskt_utils
-from helpers import (HERE, TINY, TT_TINY, interrupt_at, metrics, run_main, run_printed,
-                     stopped_command, tiny_config, tiny_run)
+from helpers import (HERE, TINY, TT_TINY, ignore_sigint, interrupt_at, metrics, run_main,
+                     run_printed, stopped_command, tiny_config, tiny_run)
 from zskt_utils import Stopped, UserError, load_checkpoint
 
 import train_teacher as tt
@@ -217,6 +219,124 @@ def test_resume_compares_resolved_paths(tmp_path, teacher_file, monkeypatch, cap
     assert (tmp_path / "a" / "run" / "summary.json").is_file()
 
 
+def test_a_resumed_run_s_clock_goes_on_from_its_checkpoint(tmp_path, shapes_test, monkeypatch,
+                                                           capsys):
+    """metrics.csv, summary.json and the report count the time before the resume (here 1000 s,
+    written into the checkpoint) and the final evaluation (a clock that only moves in it)."""
+    interrupt_at(monkeypatch, zskt, "zero_shot_iteration", 2)
+    stopped_command(lambda: tiny_run({"iterations": 4, "log_every": 1}, shapes_test, tmp_path))
+    monkeypatch.undo()
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    zskt_utils.save_atomic({**state, "seconds": 1000.0}, tmp_path / "checkpoint.pt")
+    now = [5000.0]
+    monkeypatch.setattr(zskt_run, "time", types.SimpleNamespace(time=lambda: now[0]))
+    original = zskt.transition_curves
+
+    def curves_take_50_seconds(*a, **k):
+        now[0] += 50 if "progress" in k else 0  # not the ETA's estimate
+        return original(*a, **k)
+    monkeypatch.setattr(zskt, "transition_curves", curves_take_50_seconds)
+    summary = tiny_run({"iterations": 4, "log_every": 1}, shapes_test, tmp_path, resume=True)[2]
+    seconds = [float(r["seconds"]) for r in zskt_run.read_rows(tmp_path / "metrics.csv")]
+    assert seconds[2:] == [1000.0, 1000.0] and summary["seconds"] == 1050.0
+    zskt_run.print_report([summary], tmp_path)
+    assert "time                         17m30s  (Algorithm 1 and the final evaluation, resumes " \
+        "included)" in capsys.readouterr().out
+
+
+def test_rows_logged_after_the_last_checkpoint_are_not_kept_twice(tmp_path, shapes_test,
+                                                                   monkeypatch):
+    """Killed between a log step and its checkpoint: the resumed run logs iterations 3 and 4
+    again, and metrics.csv holds each once, as an uninterrupted run's."""
+    cfg = {"iterations": 4, "log_every": 1, "checkpoint_every": 2, "mte_images": 0}
+    tiny_run(cfg, shapes_test, tmp_path / "a")
+
+    class Killed(BaseException):
+        pass
+    original = zskt_run.checkpoint
+
+    def killed_at_4(path, it, *a):
+        if it == 4:
+            raise Killed
+        return original(path, it, *a)
+    monkeypatch.setattr(zskt_run, "checkpoint", killed_at_4)
+    with pytest.raises(Killed):
+        tiny_run(cfg, shapes_test, tmp_path / "b")
+    monkeypatch.undo()
+    assert [r["iteration"] for r in metrics(tmp_path / "b" / "metrics.csv")] == \
+        ["1", "2", "3", "4"]  # rows up to 4, the checkpoint at 2
+    tiny_run(cfg, shapes_test, tmp_path / "b", resume=True)
+    ma, mb = metrics(tmp_path / "a" / "metrics.csv"), metrics(tmp_path / "b" / "metrics.csv")
+    assert [r["iteration"] for r in mb] == ["1", "2", "3", "4"]
+    for ra, rb in zip(ma, mb):
+        assert all(float(ra[k]) == pytest.approx(float(rb[k]), abs=1e-5) for k in ra)
+
+
+def test_a_log_file_of_stdout_and_stderr_keeps_their_order(tmp_path, teacher_file):
+    """`> run.log 2>&1` from a shell (no PYTHONUNBUFFERED): stdout is block-buffered in a file,
+    stderr is not; a resumed run's header comes before its progress lines, the report after."""
+    zskt_run.main(["--teacher-checkpoint", str(teacher_file), "--iterations", "2", "--out",
+                   str(tmp_path / "r"), *TINY])
+    (tmp_path / "r" / "summary.json").unlink()
+    command = [sys.executable, str(HERE / "zskt.py"), "--out", str(tmp_path / "r"), "--resume"]
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # as in a shell
+    with open(tmp_path / "both.log", "w") as f:
+        subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, check=True, env=buffered)
+    lines = (tmp_path / "both.log").read_text().splitlines()
+    header = next(i for i, line in enumerate(lines) if "test accuracy |" in line)
+    progress = next(i for i, line in enumerate(lines) if line.startswith("transition curves ("))
+    report = next(i for i, line in enumerate(lines) if line.startswith("student test accuracy"))
+    assert header < progress < report, lines
+
+
+def test_the_eta_counts_the_curves_that_will_run_and_times_them_cheaply(tmp_path, shapes_test,
+                                                                       monkeypatch):
+    """On a CPU the ETA's trial is two steps of TRIAL trajectories, not a batch of CHUNK; the
+    estimate scales it to the images that agree at each log step (none: no curves to wait for)."""
+    timed = []
+    original = zskt.trajectory
+    monkeypatch.setattr(zskt, "trajectory", lambda s, o, x, *a, **k: timed.append(
+        (len(x), a[2].shape[-1])) or original(s, o, x, *a, **k))
+    clock = types.SimpleNamespace(time=iter(range(0, 1000, 10)).__next__)  # 10 s per call
+    monkeypatch.setattr(zskt_run, "time", clock)
+    torch.manual_seed(0)
+    net = zskt.wrn("wrn-10-1")
+    cost = zskt_run.curves_cost(net, net, shapes_test, zskt.Config(mte_images=1000, mte_steps=100))
+    assert timed == [(zskt_run.TRIAL, 2)] and cost.images == 200  # the test split has 200
+    per_step = 10 / 2  # the clock moved 10 s over the trial's two steps
+    assert cost.seconds() == pytest.approx(per_step * math.ceil(200 * 9 / zskt_run.TRIAL) * 100)
+    assert cost.seconds(50) == pytest.approx(per_step * math.ceil(50 * 9 / zskt_run.TRIAL) * 100)
+    assert cost.seconds(0) == 0
+    monkeypatch.undo()
+    # In a run: the extra seconds after each log step are those of the images that agree then.
+    extras, cost = [], zskt_run.CurvesCost(7.0, 32, 9, 2, 200)
+    monkeypatch.setattr(zskt_run, "curves_cost", lambda *a: cost)
+
+    class Recorded(zskt_utils.Progress):
+        def note(self, text):
+            extras.append(self.extra)
+            super().note(text)
+    monkeypatch.setattr(zskt_run, "Progress", Recorded)
+    tiny_run({"iterations": 4, "log_every": 1}, shapes_test, tmp_path)
+    agree = [round(float(r["agreement"]) * 200) for r in zskt_run.read_rows(tmp_path /
+                                                                           "metrics.csv")]
+    assert extras == [7.0 * math.ceil(n * 9 / 32) * 2 for n in agree]
+    assert min(agree) < 200  # so the extras differ from the estimate for all 200 images
+
+
+def test_printed_lines_reach_a_log_file_in_order(tmp_path, monkeypatch):
+    """stdout in a file is block-buffered: a run flushes it after each line (tee), and before
+    each progress line on stderr (Progress), so `> run.log 2>&1` keeps the order of printing."""
+    raw = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(io.BufferedWriter(raw, 1 << 16)))
+    with zskt_utils.tee(tmp_path / "log.txt"):
+        print("teacher wrn-16-1: 99.15% test accuracy")
+        assert raw.getvalue() == b"teacher wrn-16-1: 99.15% test accuracy\n"
+    print("a line printed outside a run")
+    zskt_utils.Progress(10, "Algorithm 1", file=io.StringIO()).line()
+    assert raw.getvalue().endswith(b"a line printed outside a run\n")
+
+
 def test_resume_without_a_checkpoint_says_so(tmp_path, teacher_file, capsys):
     zskt_run.main(["--teacher-checkpoint", str(teacher_file), "--iterations", "1", "--out",
                    str(tmp_path / "r"), *TINY])
@@ -225,6 +345,39 @@ def test_resume_without_a_checkpoint_says_so(tmp_path, teacher_file, capsys):
     capsys.readouterr()
     zskt_run.main(["--out", str(tmp_path / "r"), "--resume"])
     assert "holds no checkpoint yet, so this run starts from iteration 0" in capsys.readouterr().out
+
+
+def test_a_finished_or_stopped_run_keeps_no_lock_file(tmp_path, teacher_file, small_shapes,
+                                                      monkeypatch):
+    zskt_run.main(["--teacher-checkpoint", str(teacher_file), "--iterations", "2", "--seeds", "0",
+                   "1", "--out", str(tmp_path / "z"), *TINY])
+    tt.main([*TT_TINY, "--epochs", "1", "--out", str(tmp_path / "t")])
+    interrupt_at(monkeypatch, zskt, "zero_shot_iteration", 1)
+    stopped_command(lambda: zskt_run.main(["--teacher-checkpoint", str(teacher_file),
+                                           "--iterations", "2", "--out", str(tmp_path / "s"),
+                                           *TINY]))
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob(".lock")) == []
+
+
+def test_a_lock_file_removed_by_the_process_that_held_it_is_not_locked(tmp_path, monkeypatch):
+    """The holder removes its lock file as it ends; a process that opened that file just before
+    must not lock it (it is no longer in the directory, and a third process would lock a new
+    one): it locks the file that is there."""
+    import fcntl
+    path, original, ended = tmp_path / ".lock", fcntl.flock, []
+    path.touch()
+
+    def holder_ends_meanwhile(f, how):
+        if not ended:
+            ended.append(path.unlink())
+        return original(f, how)
+    monkeypatch.setattr(fcntl, "flock", holder_ends_meanwhile)
+    f = zskt_utils.locked_file(path)
+    assert os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
+    monkeypatch.undo()
+    with pytest.raises(UserError, match="another process is writing"):
+        zskt_utils.locked_file(path)
+    f.close()
 
 
 def test_one_process_per_run_directory_and_no_stale_lock(tmp_path, teacher_file, capsys):
@@ -254,9 +407,17 @@ def test_failed_starts_leave_no_directory(tmp_path, teacher_file, capsys, monkey
     def fails(*a):
         raise UserError("fails inside")
     monkeypatch.setattr(zskt, "predict", fails)
-    code, err = run_main(["--teacher-checkpoint", str(teacher_file), "--out", str(tmp_path / "b"),
-                          *TINY], capsys)
+    command = ["--teacher-checkpoint", str(teacher_file), "--iterations", "1", "--out",
+               str(tmp_path / "b"), *TINY]
+    code, err = run_main(command, capsys)
     assert code == 2 and "fails inside" in err and not (tmp_path / "b").exists()
+    for failure in (RuntimeError("a bug"), KeyboardInterrupt()):  # nor for any other failure
+        monkeypatch.setattr(zskt, "predict", lambda *a: (_ for _ in ()).throw(failure))
+        with pytest.raises(type(failure)):
+            zskt_run.main(command)
+        assert not (tmp_path / "b").exists()
+    monkeypatch.undo()
+    zskt_run.main(command)  # so the same command starts it
 
 
 def test_bad_seeds_are_refused_before_a_run_directory_exists(tmp_path, teacher_file, capsys):
@@ -287,34 +448,85 @@ def test_sigterm_exits_with_the_same_status_in_both_scripts(tmp_path, shapes_tes
     assert stopped.value.status == stopped_tt.value.status == 128 + 15
 
 
-def test_a_real_sigterm_ends_the_process_with_143_and_a_resume_command(tmp_path, teacher_file):
+@pytest.mark.parametrize("signum,status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_real_signal_ends_the_process_with_its_status_and_a_resume_command(signum, status,
+                                                                             tmp_path,
+                                                                             teacher_file):
+    """Sent once the run is inside Algorithm 1 (its progress line of iteration 2 is out), to a
+    process started as a background job of a script is (SIGINT ignored)."""
     p = subprocess.Popen([sys.executable, str(HERE / "zskt.py"), "--teacher-checkpoint",
                           str(teacher_file), "--iterations", "100000", "--out", str(tmp_path / "r"),
                           *TINY], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert "test accuracy" in p.stdout.readline()  # training has started
-    p.send_signal(signal.SIGTERM)
-    err = p.communicate()[1]
-    assert p.returncode == 143 and "SIGTERM after iteration" in err and "--resume" in err
+                         preexec_fn=ignore_sigint)
+    for line in p.stderr:
+        if line.startswith("Algorithm 1 2/100000"):
+            break
+    p.send_signal(signum)
+    out, err = p.communicate()
+    name = signal.Signals(signum).name
+    assert p.returncode == status and f"{name} after iteration" in err and "--resume" in err, err
+    log = (tmp_path / "r" / "log.txt").read_text()
+    assert log.splitlines()[-1] == err.splitlines()[-1]  # the log ends with "continue with: ..."
 
 
-def test_ctrl_c_is_acknowledged_at_once_and_a_second_one_names_the_surviving_checkpoint(
-        tmp_path, shapes_test, monkeypatch, capsys):
+def test_a_signal_handler_s_line_during_a_write_is_no_error(tmp_path, monkeypatch, capfd):
+    """CPython runs signal handlers between the system calls of a buffered write, with the
+    stream's lock held; the handler's own line on the same stream would raise 'reentrant call'.
+    Here the signal arrives while a line goes into the run's log (as a signal sent the moment a
+    process prints does), and while a line goes to stderr."""
+    class Signalling(io.RawIOBase):  # a file whose first write brings a real SIGINT
+        def __init__(self):
+            self.sent = False
+
+        def writable(self):
+            return True
+
+        def write(self, b):
+            if not self.sent:
+                self.sent = True
+                os.kill(os.getpid(), signal.SIGINT)
+            return len(b)
+
+    def signalling_file(*a, **k):
+        return io.TextIOWrapper(io.BufferedWriter(Signalling()), line_buffering=True)
+    monkeypatch.setattr(zskt_utils, "open", signalling_file, raising=False)  # tee's log file
+    with zskt_utils.tee(tmp_path / "log.txt"), zskt_utils.StopOnSignal() as stop:
+        print("a line for the log")
+    assert stop.signal == "SIGINT"
+    assert capfd.readouterr().err.count("SIGINT: stopping after this step") == 1
+    monkeypatch.undo()
+    monkeypatch.setattr(sys, "stderr", signalling_file())
+    with zskt_utils.StopOnSignal() as stop:
+        print("a progress line", file=sys.stderr)
+    assert stop.signal == "SIGINT" and "SIGINT: stopping after this step" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("signum,again", [
+    (signal.SIGINT, "press Ctrl-C again to stop at once without saving"),
+    (signal.SIGTERM, "a second SIGTERM or SIGINT stops at once without saving")])
+def test_a_signal_is_acknowledged_at_once_and_a_second_one_names_the_surviving_checkpoint(
+        signum, again, tmp_path, shapes_test, monkeypatch, capsys):
+    """A batch job cannot press Ctrl-C: SIGTERM's acknowledgement says what a second signal does,
+    and a second SIGTERM ends the process with SIGTERM's status."""
     calls, original = [0], zskt.zero_shot_iteration
+    name = signal.Signals(signum).name
 
-    def two_ctrl_c_in_iteration_3(*a):
+    def two_signals_in_iteration_3(*a):
         calls[0] += 1
         if calls[0] == 3:
-            os.kill(os.getpid(), signal.SIGINT)
-            assert "stopping after this step and saving a checkpoint; press Ctrl-C again" in \
+            os.kill(os.getpid(), signum)
+            assert f"{name}: stopping after this step and saving a checkpoint; {again}" in \
                 capsys.readouterr().err
-            os.kill(os.getpid(), signal.SIGINT)  # the second one interrupts at once
+            os.kill(os.getpid(), signum)  # the second one interrupts at once
         return original(*a)
-    monkeypatch.setattr(zskt, "zero_shot_iteration", two_ctrl_c_in_iteration_3)
-    with pytest.raises(KeyboardInterrupt, match=r"without saving; the last checkpoint, "
-                                                r".*checkpoint.pt \(iteration 2\), stays"):
+    monkeypatch.setattr(zskt, "zero_shot_iteration", two_signals_in_iteration_3)
+    raised = KeyboardInterrupt if signum == signal.SIGINT else Stopped
+    with pytest.raises(raised, match=r"without saving; the last checkpoint, "
+                                     r".*checkpoint.pt \(iteration 2\), stays") as e:
         tiny_run({"iterations": 5}, shapes_test, tmp_path / "r")
+    assert zskt_utils.exit_message(e.value)[1] == 128 + signum
     assert load_checkpoint(tmp_path / "r" / "checkpoint.pt")["iteration"] == 2
+    assert "Ctrl-C" not in capsys.readouterr().err or signum == signal.SIGINT
 
 
 def test_start_or_resume_continues_a_stopped_run_in_both_scripts(tmp_path, teacher_file,
@@ -360,6 +572,7 @@ def test_a_run_started_from_python_resumes_from_the_command_line(tmp_path, shape
     monkeypatch.undo()
     saved = json.loads((tmp_path / "r" / "config.json").read_text())
     assert Path(saved["teacher_checkpoint"]) == (tmp_path / "r" / "teacher.pt").resolve()
+    assert load_checkpoint(tmp_path / "r" / "teacher.pt")["classes"] == list(shapes_test.classes)
     assert printed.endswith(f"--out {(tmp_path / 'r').resolve()} --resume")
     zskt_run.main(["--out", str(tmp_path / "r"), "--resume"])
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["iterations"] == 3
@@ -430,3 +643,42 @@ def test_the_default_path_is_real_fp32(tmp_path, teacher_file, small_shapes, sha
             assert torch.backends.cuda.matmul.allow_tf32 is False
         finally:
             torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def graph_path_on_this_cpu(monkeypatch):
+    """--cuda-graph's code path on a CPU: zskt_graph's uncaptured stand-in for the CUDA graph
+    (capture records, replay runs), with the CUDA check off."""
+    import zskt_graph
+    monkeypatch.setattr(zskt_graph, "require_cuda", lambda *a, **k: None)
+    monkeypatch.setattr(zskt_graph, "CudaGraphs", lambda device: zskt_graph.Eager())
+
+
+def test_a_cuda_graph_run_equals_an_eager_one_and_resumes_on_either_path(tmp_path, shapes_test,
+                                                                         monkeypatch):
+    tiny_run({"iterations": 6}, shapes_test, tmp_path / "eager")
+    graph_path_on_this_cpu(monkeypatch)
+    tiny_run({"iterations": 6, "cuda_graph": True}, shapes_test, tmp_path / "graph")
+    interrupt_at(monkeypatch, zskt, "zero_shot_iteration", 3)  # stopped on the graph path ...
+    with pytest.raises(Stopped, match="after iteration 3"):
+        tiny_run({"iterations": 6, "cuda_graph": True}, shapes_test, tmp_path / "switched")
+    monkeypatch.undo()  # ... resumed on the eager one, from the checkpoint the graph path wrote
+    tiny_run({"iterations": 6}, shapes_test, tmp_path / "switched", resume=True)
+    eager = load_checkpoint(tmp_path / "eager" / "checkpoint.pt")
+    for run in ("graph", "switched"):
+        other = load_checkpoint(tmp_path / run / "checkpoint.pt")
+        for part in ("student", "generator"):
+            assert all(torch.equal(eager[part][k], other[part][k]) for k in eager[part]), run
+        lr = other["opt_student"]["param_groups"][0]["lr"]
+        assert type(lr) is float and lr == eager["opt_student"]["param_groups"][0]["lr"]
+        assert metrics(tmp_path / run / "metrics.csv") == metrics(tmp_path / "eager" /
+                                                                  "metrics.csv"), run
+
+
+def test_a_cuda_graph_run_without_cuda_is_refused_in_one_sentence(tmp_path, teacher_file, capsys):
+    code, err = run_main(["--teacher-checkpoint", str(teacher_file), "--cuda-graph", "--out",
+                          str(tmp_path / "r"), "--device", "cpu", *TINY], capsys)
+    assert code == 2 and err.count("\n") == 0 and "needs a CUDA device" in err
+    assert "drop --cuda-graph" in err and not (tmp_path / "r").exists()
+    code, err = run_main(["--teacher-checkpoint", str(teacher_file), "--cuda-graph", "--compile",
+                          "--out", str(tmp_path / "r"), *TINY], capsys)
+    assert code == 2 and "cannot be combined" in err and not (tmp_path / "r").exists()

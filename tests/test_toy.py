@@ -9,7 +9,7 @@ import torch
 
 import toy
 import zskt
-from helpers import HERE
+from helpers import HERE, text_outside
 from zskt_utils import UserError
 
 
@@ -198,6 +198,27 @@ def test_toy_cli_writes_figure_json_and_gif(tmp_path):
     assert not (tmp_path / "again" / "toy.gif").exists()
     assert {k: again[k] for k in ("teacher_test_acc", "student_test_acc", "agreement")} == \
         {k: result[k] for k in ("teacher_test_acc", "student_test_acc", "agreement")}
+
+
+def test_toy_figure_titles_name_the_settings(tmp_path, monkeypatch):
+    """toy.png's title names n_G and n_S, and the seed and the teacher's epochs where they are
+    not the defaults: --n-g 5 and the default give different titles, each inside the figure."""
+    from matplotlib.figure import Figure
+    titles, save = [], Figure.savefig
+
+    def record(fig, *args, **kwargs):
+        titles.append(fig.get_suptitle())
+        assert text_outside(fig) == []
+        return save(fig, *args, **kwargs)
+    monkeypatch.setattr(Figure, "savefig", record)
+    short = ["--epochs", "2", "--points", "3", "--teacher-epochs", "1", "--no-gif", "--device",
+             "cpu"]
+    toy.main([*short, "--n-g", "5", "--out", str(tmp_path / "a")])
+    toy.main([*short, "--n-s", "1", "--seed", "2", "--out", str(tmp_path / "b")])
+    assert "3 pseudo points, 2 epochs, n_G = 5, n_S = 10, teacher trained 1 epoch" in titles[0]
+    assert "n_G = 50, n_S = 1, seed 2, teacher trained 1 epoch" in titles[1]
+    default = toy.figure_title(toy.parse_args([]))
+    assert default.endswith(": 50 pseudo points, 2000 epochs, n_G = 50, n_S = 10")
 
 
 @pytest.mark.parametrize("argv", [["--epochs", "0"], ["--points", "0"], ["--n-g", "-1"],

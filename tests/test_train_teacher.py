@@ -1,6 +1,7 @@
 """Tests of train_teacher.py: teachers, scratch students, few-shot KD+AT baselines and fine-tuning.
 In-process runs use 800 shapes images (the small_shapes fixture); one subprocess run uses the real
 data and the default paths."""
+import argparse
 import signal
 
 import pytest
@@ -12,8 +13,9 @@ import train_teacher as tt
 import zskt
 import zskt_models
 import zskt_run
+import zskt_shapes
 from hand import hand_kd_at
-from helpers import TT_TINY, cli, folder_data, shapes_slice, weights
+from helpers import TT_TINY, cli, folder_data, run_main, save_network, shapes_slice, weights
 from zskt_utils import Stopped, UserError, load_checkpoint, seed_everything
 
 
@@ -170,6 +172,124 @@ def test_the_optimizer_is_the_author_sgd():
     assert all(torch.allclose(a, b, atol=1e-9) for a, b in zip(params(model), shrunk))
 
 
+# --- what KD+AT and the teachers train on ---------------------------------------------------------
+
+def test_kd_at_runs_the_teacher_in_eval_mode(small_shapes, tmp_path, monkeypatch):
+    """The author's FewShot solver.py calls teacher.eval(): the teacher's logits come from its
+    running statistics, which stay as trained. Every teacher forward of a KD+AT run, against the
+    teacher loaded afresh from its file and run in eval mode on the same inputs."""
+    torch.manual_seed(0)
+    teacher = zskt.wrn("wrn-10-1")
+    with torch.no_grad():  # running statistics far from any batch's: train mode shows
+        for m in teacher.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, .5)
+                m.running_var.uniform_(.3, 3)
+    path = save_network(teacher, "wrn-10-1", tmp_path / "teacher.pt")
+    calls, loaded, load_model = [], [], zskt_models.load_model
+
+    def load_and_watch(*a, **k):
+        model, meta = load_model(*a, **k)
+        model.register_forward_hook(lambda m, inputs, out: calls.append(
+            (m.training, inputs[0].detach().clone(), out[0].detach().clone())))
+        loaded.append(model)
+        return model, meta
+    monkeypatch.setattr(zskt_models, "load_model", load_and_watch)
+    tt.main([*TT_TINY, "--epochs", "1", "--distill-from", str(path), "--out", str(tmp_path / "kd")])
+    reference = load_model(path)[0].eval()
+    assert [len(x) for _, x, _ in calls].count(32) == 3  # a batch per step (and 2 probe images)
+    for training, x, logits in calls:
+        with torch.no_grad():
+            expected = reference(x.contiguous())[0]
+        assert not training and torch.allclose(logits, expected, atol=1e-5, rtol=0)
+    buffers = dict(loaded[0].named_buffers())
+    assert all(torch.equal(v, buffers[k]) for k, v in reference.named_buffers())
+
+
+def test_each_seed_trains_on_its_own_m_image_subset(small_shapes, tmp_path, monkeypatch):
+    """The author's get_indices_for_n_images_per_class draws "a different subset for each seed":
+    what a run trains on is the seed's subset, M images of each class, and two seeds differ."""
+    trained = {}
+    monkeypatch.setattr(tt, "fit", lambda args, device, teacher, resumed, data, *a:
+                        trained.setdefault(args.seed, data))
+    for seed in (0, 1):
+        tt.main([*TT_TINY, "--samples-per-class", "3", "--seed", str(seed), "--out",
+                 str(tmp_path / f"seed{seed}")])
+    x, y, _ = shapes_slice()["train"]
+    for seed, (images, labels) in trained.items():
+        subset = tt.per_class_subset(y, 3, seed)
+        assert torch.equal(images, x[subset]) and torch.equal(labels, y[subset])
+        assert torch.bincount(labels, minlength=10).tolist() == [3] * 10
+    assert not torch.equal(trained[0][0], trained[1][0])
+
+
+class Recorder(torch.nn.Module):
+    """A classifier that records which images it sees: image i holds the pixel value i."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.seen = torch.nn.Linear(12, 2), []
+
+    def forward(self, x):
+        self.seen.append((x[:, 0, 0, 0] * 255).round().long())
+        return self.fc(x.flatten(1)), ()
+
+
+def test_every_epoch_draws_a_new_batch_order_and_a_resume_the_same_one():
+    """A shuffling DataLoader (the author's utils/datasets.py) draws a new order each epoch: each
+    epoch sees every image once, the orders of epochs and of seeds differ, and an epoch started
+    again (a resume) repeats its own order."""
+    n = 40
+    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 3, 2, 2).contiguous()
+    data = (images, torch.arange(n) % 2)
+
+    def order(seed, epoch):
+        model = Recorder()
+        args = argparse.Namespace(batch_size=8, max_steps=None, seed=seed, dataset="shapes",
+                                  amp=False, mean=[0.0] * 3, std=[1.0] * 3, out="unused")
+        tt.train_epoch(model, None, torch.optim.SGD(model.parameters(), lr=0.0), data, args,
+                       epoch)
+        return torch.cat(model.seen).tolist()
+    orders = [order(0, epoch) for epoch in range(4)]
+    assert all(sorted(o) == list(range(n)) for o in orders)
+    assert len({tuple(o) for o in orders}) == 4
+    assert order(0, 2) == orders[2] and order(1, 0) != orders[0]
+
+
+def test_model_files_store_their_classes_and_other_classes_are_refused(tmp_path, monkeypatch,
+                                                                      capsys):
+    """model.pt and the teacher copy name the classes (the class folders, sorted); a KD+AT teacher
+    or a network to fine-tune that names other classes than the data's is refused, naming both,
+    even where the number of classes is the same, and leaves no run directory."""
+    monkeypatch.chdir(tmp_path)  # the default --out and the teacher copy land here
+    folder_data(tmp_path / "colours")
+    tiny = ["--dataset", "folder", "--arch", "wrn-10-1", "--epochs", "1", "--batch-size", "8",
+            "--max-steps", "1"]
+    tt.main([*tiny, "--data-dir", "colours"])
+    copy = zskt_run.default_teacher_path("folder", "wrn-10-1", "colours")
+    model = next(tmp_path.glob("runs/*/model.pt"))
+    for path in (model, copy):
+        saved = torch.load(path, weights_only=True)
+        assert saved["classes"] == sorted(d.name for d in (tmp_path / "colours/train").iterdir())
+    for name in ("cat", "dog", "fox"):  # three classes too
+        for split in ("train", "test"):
+            (tmp_path / "pets" / split / name).mkdir(parents=True)
+            for f in (tmp_path / "colours" / split / "red").iterdir():
+                (tmp_path / "pets" / split / name / f.name).write_bytes(f.read_bytes())
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    capsys.readouterr()
+    for flag in ("--distill-from", "--finetune-from"):
+        code, err = run_main([*tiny, "--data-dir", "pets", "--samples-per-class", "2", flag,
+                              str(copy)], capsys, tt.main)
+        assert code == 2 and err == (f"error: {copy.resolve()} was trained on the classes blue, "
+                                     f"green, red, but the data has cat, dog, fox; pass the data "
+                                     f"it was trained on, or another file")
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    tt.main([*tiny, "--data-dir", "colours", "--samples-per-class", "2", "--distill-from",
+             str(copy), "--out", "kd"])  # the same classes: distilled, and named again
+    assert torch.load("kd/model.pt", weights_only=True)["classes"] == ["blue", "green", "red"]
+
+
 # --- runs -----------------------------------------------------------------------------------------
 
 def test_a_run_writes_a_teacher_that_zskt_loads(small_shapes, tmp_path):
@@ -177,6 +297,7 @@ def test_a_run_writes_a_teacher_that_zskt_loads(small_shapes, tmp_path):
     model, ckpt = zskt_models.load_model(tmp_path / "run" / "model.pt", arch="wrn-10-1",
                                          num_classes=10)
     assert {"dataset": "shapes", "arch": "wrn-10-1", "epoch": 1, "seed": 0}.items() <= ckpt.items()
+    assert ckpt["classes"] == list(zskt_shapes.CLASSES)
     assert ckpt["mean"] == list(zskt.MEAN_STD["shapes"][0])
     assert ckpt["std"] == list(zskt.MEAN_STD["shapes"][1])
     x, y, classes = shapes_slice()["test"]
