@@ -825,14 +825,16 @@ def parse_args(argv):
         for name in pair:
             with zskt_utils.user_input():
                 zskt_models.build(name)  # an unknown name is refused before any timing
-    args.repeats = args.repeats or (2 if args.tiny else 50 if gpu else 3)
-    args.chunks = min(2 if args.tiny else 5, args.repeats)
-    args.per_chunk = max(1, args.repeats // args.chunks)
-    args.equality_iterations = args.equality_iterations or (2 if args.tiny else 100)
     for flag, value in (("--repeats", args.repeats),
                         ("--equality-iterations", args.equality_iterations)):
-        if value < 1:
+        if value is not None and value < 1:
             raise zskt_utils.UserError(f"{flag} must be at least 1, not {value}")
+    if args.repeats is None:
+        args.repeats = 2 if args.tiny else 50 if gpu else 3
+    args.chunks = min(2 if args.tiny else 5, args.repeats)
+    args.per_chunk = max(1, args.repeats // args.chunks)
+    if args.equality_iterations is None:
+        args.equality_iterations = 2 if args.tiny else 100
     return args
 
 

@@ -102,9 +102,11 @@ class CudaGraphs:
         and the caller's later work waits for it."""
         caller = torch.cuda.current_stream(self.device)
         self.stream.wait_stream(caller)
-        with torch.cuda.stream(self.stream):
-            yield
-        caller.wait_stream(self.stream)
+        try:
+            with torch.cuda.stream(self.stream):
+                yield
+        finally:  # also after a failed warm-up: nothing later may overtake its work
+            caller.wait_stream(self.stream)
 
     def capture(self, fn):
         """Records fn's device work without running it; returns the function that replays it."""

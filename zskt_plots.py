@@ -104,16 +104,19 @@ def plot_samples(images, classes, confidences, names, path=None, columns=8, titl
 @torch.no_grad()
 def labelled_samples(generator, teacher, z, mean, std):
     """Pseudo images G(z) in [0, 1], the teacher's class for each, and its confidence. The
-    generator runs in train mode whatever mode it is in (and is put back in its own afterwards):
-    its BatchNorm layers then use the batch's statistics, as when it makes the images the student
-    trains on (Algorithm 1). The author's grids (LearnableLoader.samples, polo5/
-    ZeroShotKnowledgeTransfer) are drawn in eval mode, from running statistics that no training
-    step uses."""
+    generator runs in train mode whatever mode it is in: its BatchNorm layers then use the
+    batch's statistics, as when it makes the images the student trains on (Algorithm 1). It is
+    left as it was, its mode and its running statistics (which a train-mode forward updates). The
+    author's grids (LearnableLoader.samples, polo5/ZeroShotKnowledgeTransfer) are drawn in eval
+    mode, from running statistics that no training step uses."""
     training = generator.training
+    buffers = {k: v.clone() for k, v in generator.named_buffers()}
     try:
         x = generator.train()(z)
     finally:
         generator.train(training)
+        for k, v in generator.named_buffers():
+            v.copy_(buffers[k])
     p = teacher(x)[0].float().softmax(1)
     return zskt.denormalize(x, mean, std), p.argmax(1), p.amax(1)
 

@@ -112,8 +112,8 @@ def graph_on(cfg, device, resume, out):
     """cfg.cuda_graph needs CUDA: a new run elsewhere is refused; a resumed one continues
     without it (its checkpoints are the same files either way)."""
     if cfg.cuda_graph and resume and not device.startswith("cuda"):
-        print(f"{out} was run with --cuda-graph, which needs CUDA: it continues on {device} "
-              f"without it (the same maths)")
+        print(f"--cuda-graph needs CUDA: this run continues on {device} without it (the same "
+              f"maths)")
         return dataclasses.replace(cfg, cuda_graph=False)
     if cfg.cuda_graph:
         zskt_graph.require_cuda(device, hint="drop --cuda-graph (cuda_graph=False), or run on "
@@ -417,7 +417,7 @@ class CurvesCost(NamedTuple):
 
 def curves_cost(stepped, observed, test, cfg):
     """The cost of the final transition curves, for the ETA, timed on two real steps of a few
-    trajectories: far less than the curves themselves. On a CPU a step costs in proportion to its
+    trajectories (three recordings and two updates, as a step records once and updates once): far less than the curves themselves. On a CPU a step costs in proportion to its
     batch, so TRIAL trajectories time it; on a GPU a batch of zskt.CHUNK costs about what a small
     one does, so a whole batch does."""
     images, targets = min(cfg.mte_images, len(test.images)), count_classes(stepped, test) - 1
@@ -427,7 +427,7 @@ def curves_cost(stepped, observed, test, cfg):
     batch = min(images * targets, zskt.CHUNK if device.type != "cpu" else TRIAL)
     x = zskt.normalize(test.images[:1].to(device), test.mean, test.std).repeat(batch, 1, 1, 1)
     pairs = torch.arange(batch, device=device) % (targets + 1)  # a few classes as targets
-    curves = torch.empty(2, batch, 2, device=device)
+    curves = torch.empty(2, batch, 3, device=device)  # the last recording has no update
     with zskt.eval_mode(stepped), zskt.eval_mode(observed):
         t = time.time()
         zskt.trajectory(stepped, observed, x, pairs, cfg.mte_step_size, curves)
@@ -1000,7 +1000,7 @@ def curves_main(argv):
         prepare_run_dir(out, overwrite=args.overwrite or unfinished, hint=hint)
         (out / ".unfinished").touch()
         try:
-            with StopOnSignal(at_once=f"during the transition curves, of which none are kept; "
+            with StopOnSignal(at_once=f"during the transition curves, of which none count; "
                                       f"start them again with: {again}"):
                 write_curves(args, students, agreeing, teacher, test, cfg, out, dataset, device)
         except Stopped:

@@ -270,9 +270,11 @@ def check_run_dir(out, overwrite=False, hint="pass --resume to continue that run
                                               "to replace them, or another --out"):
     """An existing run directory is never reused or emptied unless the user asked for it; checked
     before anything is loaded, and again under the lock (prepare_run_dir). Returns what it holds
-    (the lock file and the log of a start killed before it wrote anything else are not counted)."""
+    (the lock file, the log of a start killed before it wrote anything else, and the marker of an
+    interrupted curves run, which must outlive its emptying, are not counted)."""
     out = Path(out)
-    old = [p for p in out.iterdir() if p.name not in (".lock", "log.txt")] if out.is_dir() else []
+    spared = (".lock", "log.txt", ".unfinished")
+    old = [p for p in out.iterdir() if p.name not in spared] if out.is_dir() else []
     if old and not overwrite:
         raise UserError(f"{out} already holds files; {hint}")
     return old

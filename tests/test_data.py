@@ -143,6 +143,6 @@ def test_files_that_fail_the_checksum_are_called_corrupt_not_missing(tmp_path, m
     assert message.startswith(f"{tmp_path / name} failed torchvision's checksum (corrupt or "
                               f"incomplete) and could not be downloaded again (")
     assert "delete it and run again to download it, or put a fresh " in message
-    (tmp_path / name).unlink()  # without the file: missing, as before
+    (tmp_path / name).unlink()  # without the file: missing
     with pytest.raises(FileNotFoundError, match=f"{dataset} is not in .* could not be downloaded"):
         zskt.load_dataset(dataset, "test", tmp_path)

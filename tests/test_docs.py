@@ -18,6 +18,7 @@ import train_teacher
 import zskt
 import zskt_models
 import zskt_plots
+import zskt_graph
 import zskt_run
 import zskt_shapes
 import zskt_utils
@@ -152,14 +153,14 @@ def test_no_reference_to_anything_a_user_does_not_have(monkeypatch):
 
 
 MODULES = {"zskt": zskt, "zskt_run": zskt_run, "zskt_models": zskt_models, "zskt_plots": zskt_plots,
-           "zskt_utils": zskt_utils, "zskt_shapes": zskt_shapes}
+           "zskt_utils": zskt_utils, "zskt_shapes": zskt_shapes, "zskt_graph": zskt_graph}
 
 
 def test_every_name_the_docs_give_exists():
     """zskt.X, zskt_run.X, ... in README.md and docs/ (and `X` in the paper-to-code table)."""
     for doc in [*DOCS, HERE / "docs" / "walkthrough.py"]:
         text = doc.read_text()
-        pattern = r"\b(zskt(?:_run|_models|_plots|_utils|_shapes)?)\.(\w+)"
+        pattern = r"\b(zskt(?:_run|_models|_plots|_utils|_shapes|_graph)?)\.(\w+)"
         for module, name in re.findall(pattern, text):
             if name != "py":
                 assert hasattr(MODULES[module], name), f"{doc.name}: {module}.{name}"

@@ -239,7 +239,7 @@ def test_what_the_scripts_write_by_default_is_ignored_by_git(monkeypatch):
     written = [str(p.relative_to(HERE) / "model.pt") for p in outs] + [
         "results/paper/table2.md", "results/tiny/figure2.png", "runs/toy/toy.png",
         "runs/quick/summary.json", "checkpoints/shapes-wrn-16-1.pt",
-        "data/cifar-10-python.tar.gz"]
+        "data/cifar-10-python.tar.gz", "benchmark-gpu.md", "benchmarks-gpu-cpu.json"]
     assert all(w.startswith("results/paper/runs/") for w in written[:len(outs)])
     r = subprocess.run(["git", "check-ignore", "--no-index", *written], cwd=HERE,
                        capture_output=True, text=True)

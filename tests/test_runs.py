@@ -291,8 +291,9 @@ def test_a_log_file_of_stdout_and_stderr_keeps_their_order(tmp_path, teacher_fil
 
 def test_the_eta_counts_the_curves_that_will_run_and_times_them_cheaply(tmp_path, shapes_test,
                                                                        monkeypatch):
-    """On a CPU the ETA's trial is two steps of TRIAL trajectories, not a batch of CHUNK; the
-    estimate scales it to the images that agree at each log step (none: no curves to wait for)."""
+    """On a CPU the ETA's trial is two steps (two updates) of TRIAL trajectories, not a batch of
+    CHUNK; the estimate scales it to the images that agree at each log step (none: no curves to
+    wait for)."""
     timed = []
     original = zskt.trajectory
     monkeypatch.setattr(zskt, "trajectory", lambda s, o, x, *a, **k: timed.append(
@@ -302,7 +303,7 @@ def test_the_eta_counts_the_curves_that_will_run_and_times_them_cheaply(tmp_path
     torch.manual_seed(0)
     net = zskt.wrn("wrn-10-1")
     cost = zskt_run.curves_cost(net, net, shapes_test, zskt.Config(mte_images=1000, mte_steps=100))
-    assert timed == [(zskt_run.TRIAL, 2)] and cost.images == 200  # the test split has 200
+    assert timed == [(zskt_run.TRIAL, 3)] and cost.images == 200  # the test split has 200
     per_step = 10 / 2  # the clock moved 10 s over the trial's two steps
     assert cost.seconds() == pytest.approx(per_step * math.ceil(200 * 9 / zskt_run.TRIAL) * 100)
     assert cost.seconds(50) == pytest.approx(per_step * math.ceil(50 * 9 / zskt_run.TRIAL) * 100)
