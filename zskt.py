@@ -70,6 +70,7 @@ def load_dataset(name, split, data_dir="./data", image_size=32):
                           f"{e.name}") from None
     except (OSError, RuntimeError, ValueError) as e:
         where = WHERE[name].format(split=split)
+        from zskt_utils import corrupt_files  # machinery: torchvision's checksums
         bad = corrupt_files(name, Path(data_dir).resolve())
         if bad:  # torchvision says only "not found or corrupted", then fails to download
             it = "it" if len(bad) == 1 else "them"
@@ -97,21 +98,6 @@ def load_torchvision(name, split, root):
         return torch.from_numpy(ds.data), torch.from_numpy(ds.labels).long(), tuple("0123456789")
     images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
     return images, torch.tensor(ds.targets), tuple(ds.classes)
-
-
-def corrupt_files(name, root):
-    """The files of a torchvision dataset that are in `root` but fail torchvision's checksum."""
-    import torchvision
-    from torchvision.datasets.utils import check_integrity
-    if name == "svhn":
-        expected = [(f, md5) for _, f, md5 in torchvision.datasets.SVHN.split_list.values()]
-    else:  # the archive, and the files extracted from it
-        cls = getattr(torchvision.datasets, name.upper())
-        inside = cls.train_list + cls.test_list + [[cls.meta["filename"], cls.meta["md5"]]]
-        expected = [(cls.filename, cls.tgz_md5), *((f"{cls.base_folder}/{f}", md5)
-                                                   for f, md5 in inside)]
-    return [root / f for f, md5 in expected
-            if (root / f).is_file() and not check_integrity(str(root / f), md5)]
 
 
 def load_folder(root, split, size=32):

@@ -164,6 +164,21 @@ def save_atomic(obj, path, save=None):
     os.replace(tmp, path)
 
 
+def corrupt_files(name, root):
+    """The files of a torchvision dataset that are in `root` but fail torchvision's checksum."""
+    import torchvision
+    from torchvision.datasets.utils import check_integrity
+    if name == "svhn":
+        expected = [(f, md5) for _, f, md5 in torchvision.datasets.SVHN.split_list.values()]
+    else:  # the archive, and the files extracted from it
+        cls = getattr(torchvision.datasets, name.upper())
+        inside = cls.train_list + cls.test_list + [[cls.meta["filename"], cls.meta["md5"]]]
+        expected = [(cls.filename, cls.tgz_md5), *((f"{cls.base_folder}/{f}", md5)
+                                                   for f, md5 in inside)]
+    return [root / f for f, md5 in expected
+            if (root / f).is_file() and not check_integrity(str(root / f), md5)]
+
+
 def write_json(path, obj):
     """JSON with null where a number is nan or inf: a bare NaN is not JSON."""
     def clean(v):

@@ -195,7 +195,6 @@ def test_a_stage_runs_alone_and_waits_for_the_stages_before(tmp_path, capsys, sh
     results = tmp_path / "r"
     base = ["table2", "--smoke", "--in-process", "--results", str(results)]
     code, err = run_main([*base, "--stage", "2"], capsys, reproduce.main)  # its teacher is missing
-    out = capsys.readouterr().out
     assert code == 2 and "blocked: needs shapes/scratch-wrn-40-2-seed0" in err
     assert not (results / "runs" / "shapes" / "scratch-wrn-40-2-seed0").exists()
     reproduce.main([*base, "--stage", "1"])
