@@ -417,9 +417,10 @@ class CurvesCost(NamedTuple):
 
 def curves_cost(stepped, observed, test, cfg):
     """The cost of the final transition curves, for the ETA, timed on two real steps of a few
-    trajectories (three recordings and two updates, as a step records once and updates once): far less than the curves themselves. On a CPU a step costs in proportion to its
-    batch, so TRIAL trajectories time it; on a GPU a batch of zskt.CHUNK costs about what a small
-    one does, so a whole batch does."""
+    trajectories (three recordings, two updates: a step records once and updates once), far less
+    than the curves themselves. On a CPU a step costs in proportion to its batch, so TRIAL
+    trajectories time it; on a GPU a batch of zskt.CHUNK costs about what a small one does, so a
+    whole batch does."""
     images, targets = min(cfg.mte_images, len(test.images)), count_classes(stepped, test) - 1
     if images == 0 or targets < 1:
         return CurvesCost(0.0, 1, max(targets, 0), cfg.mte_steps, 0)
